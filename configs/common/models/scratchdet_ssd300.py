@@ -1,0 +1,65 @@
+"""ScratchDet300: Root-ResNet-34 + SSD extra stages + SSD head with BN, from scratch.
+
+Six prediction maps for a 300x300 input: res4 38x38, res5 19x19, then extra stages at
+10, 5, 3 and 1 (BasicBlocks of 128 channels). SSD anchors (steps 8/16/32/64/100/300,
+ratios {2}, {2,3}, {2,3}, {2,3}, {2}, {2}; sizes for VOC, the COCO config overrides
+them), IoU 0.5 matching, SSD's box variances (0.1, 0.2) as Box2BoxTransform weights,
+test NMS 0.45 and 200 detections. The loss is Detectron2's RetinaNet focal loss (the
+Sampling-Free loss comes with its own configs).
+"""
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch import RetinaNet
+
+from scratchdet.backbone import RootResNet, SSDBackbone
+from scratchdet.modeling import SSDAnchorGenerator, SSDHead, ssd_num_anchors
+
+_ratios = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+_channels = [256, 512, 128, 128, 128, 128]  # res4, res5 of Root-ResNet-34, then extras
+
+model = L(RetinaNet)(
+    backbone=L(SSDBackbone)(
+        bottom_up=L(RootResNet)(
+            depth=34,
+            stem_channels=64,
+            stem_convs=3,
+            stem_kernel=3,
+            stem_stride=1,
+            stem_pool="max2x2",
+            norm="BN",
+            out_features=["res4", "res5"],
+        ),
+        in_features=["res4", "res5"],
+        extra_channels=[128, 128, 128, 128],
+        norm="BN",
+    ),
+    head=L(SSDHead)(
+        input_shape=[ShapeSpec(channels=c) for c in _channels],
+        num_classes="${..num_classes}",
+        num_anchors=ssd_num_anchors(_ratios),
+        norm="BN",
+        prior_prob=0.01,
+    ),
+    anchor_generator=L(SSDAnchorGenerator)(
+        min_sizes=[30, 60, 111, 162, 213, 264],
+        max_sizes=[60, 111, 162, 213, 264, 315],
+        aspect_ratios=_ratios,
+        strides=[8, 16, 32, 64, 100, 300],
+        offset=0.5,
+    ),
+    box2box_transform=L(Box2BoxTransform)(weights=[10.0, 10.0, 5.0, 5.0]),
+    anchor_matcher=L(Matcher)(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=True),
+    num_classes=20,
+    head_in_features=["res4", "res5", "extra1", "extra2", "extra3", "extra4"],
+    focal_loss_alpha=0.25,
+    focal_loss_gamma=2.0,
+    smooth_l1_beta=1.0,
+    test_score_thresh=0.01,
+    test_nms_thresh=0.45,
+    max_detections_per_image=200,
+    pixel_mean=[103.530, 116.280, 123.675],
+    pixel_std=[57.375, 57.120, 58.395],
+    input_format="BGR",
+)

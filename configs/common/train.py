@@ -1,0 +1,12 @@
+"""Training options for ``train_net.py`` (Detectron2's LazyConfig ``train`` dict)."""
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",  # from scratch: never an ImageNet checkpoint
+    max_iter=90000,
+    amp=dict(enabled=False),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=5000, max_to_keep=3),
+    eval_period=5000,
+    log_period=20,
+    device="cuda",
+)

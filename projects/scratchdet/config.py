@@ -1,0 +1,32 @@
+"""yacs config keys for scratchdet's modules (``add_scratchdet_config``)."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_scratchdet_config"]
+
+
+def add_scratchdet_config(cfg: CN) -> CN:
+    """
+    Add scratchdet's keys, with their defaults, to a Detectron2 config (in place).
+
+    MODEL.ROOT_RESNET: the Root-ResNet backbone (see ``scratchdet.backbone.RootResNet``).
+    MODEL.SSD: SSD extra stages and anchor steps (``build_root_resnet_ssd_backbone``).
+    """
+    cfg.MODEL.ROOT_RESNET = CN()
+    r = cfg.MODEL.ROOT_RESNET
+    r.DEPTH = 34
+    r.STEM_OUT_CHANNELS = 64  # width of each root conv
+    r.STEM_NUM_CONVS = 3  # number of stacked root convs
+    r.STEM_KERNEL_SIZE = 3
+    r.STEM_STRIDE = 1  # stride of the first root conv
+    r.STEM_POOL = "max2x2"  # "none", "max2x2" (ScratchDet300) or "max3x3" (stock ResNet)
+    r.RES2_OUT_CHANNELS = 0  # 0: 64 for BasicBlock, 256 for Bottleneck
+    r.NORM = "BN"  # "BN", "SyncBN", "GN", "" (none)
+    r.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    r.ZERO_INIT_RESIDUAL = False
+
+    cfg.MODEL.SSD = CN()
+    cfg.MODEL.SSD.IN_FEATURES = ["res4", "res5"]
+    cfg.MODEL.SSD.EXTRA_CHANNELS = [128, 128, 128, 128]
+    cfg.MODEL.SSD.STEPS = [8, 16, 32, 64, 100, 300]
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # from scratch: nothing frozen
+    return cfg

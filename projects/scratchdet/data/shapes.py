@@ -1,0 +1,218 @@
+"""The embedded default dataset: procedurally generated shapes on textured backgrounds.
+
+It is generated deterministically on first use into a cache directory as COCO-format
+JSON plus JPEG images, then registered in Detectron2's ``DatasetCatalog`` so it takes the
+same code path as COCO (``load_coco_json``, ``DatasetMapper``, ``COCOEvaluator``).
+
+What an image holds (``ShapesSpec`` defaults):
+
+* ``image_size`` x ``image_size`` pixels (160) of texture: a smooth random colour field,
+  random stripes on some images, and per-pixel Gaussian noise;
+* 0 to 6 objects (uniform; so about one image in seven is empty), each one of three
+  classes (circle, square, triangle) drawn filled in a colour from its class's hue band
+  with random brightness/saturation, a random rotation for squares and triangles, and a
+  size (longest side) log-uniform between 8 px and half the image side;
+* the annotation box is the tight box of the object's visible pixels (objects overlap
+  little: a new object may overlap earlier ones by at most 0.2 IoU; the occluded
+  part of the earlier box is kept as it was drawn, as in COCO).
+"""
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Tuple
+
+import cv2
+import numpy as np
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+__all__ = ["ShapesSpec", "SHAPES_CLASSES", "generate_shapes", "register_shapes", "shapes_dir"]
+
+logger = logging.getLogger(__name__)
+
+SHAPES_CLASSES = ["circle", "square", "triangle"]
+# hue band (OpenCV hue, 0..180) of each class
+_HUES = {"circle": (0, 12), "square": (50, 75), "triangle": (105, 130)}
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    num_images: int
+    seed: int
+    image_size: int = 160
+    min_size: float = 8.0
+    max_objects: int = 6
+    max_overlap_iou: float = 0.2
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(dict(asdict(self), version=_VERSION), sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+DEFAULT_SPLITS = {
+    "scratchdet_shapes_train": ShapesSpec(num_images=2000, seed=0),
+    "scratchdet_shapes_val": ShapesSpec(num_images=200, seed=1),
+}
+
+
+def _cache_root() -> str:
+    return os.environ.get(
+        "SCRATCHDET_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "scratchdet"))
+
+
+def shapes_dir(spec: ShapesSpec) -> str:
+    return os.path.join(_cache_root(), f"shapes_{spec.fingerprint()}")
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    cells = int(rng.integers(3, 12))
+    field = rng.uniform(40, 215, (cells, cells, 3)).astype(np.float32)
+    img = cv2.resize(field, (size, size), interpolation=cv2.INTER_CUBIC)
+    gray = img.mean(axis=2, keepdims=True)
+    img = gray + rng.uniform(0.2, 0.6) * (img - gray)  # muted colours
+    if rng.random() < 0.5:
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        theta, period = rng.uniform(0, math.pi), rng.uniform(4, 24)
+        phase = (xx * math.cos(theta) + yy * math.sin(theta)) * 2 * math.pi / period
+        img += rng.uniform(10, 35) * np.sin(phase)[..., None]
+    img += rng.normal(0, rng.uniform(4, 14), img.shape)
+    return img
+
+
+def _shape_polygon(cls: str, cx: float, cy: float, side: float, angle: float) -> np.ndarray:
+    if cls == "square":
+        pts = [(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)]
+    else:  # triangle, equilateral, unit side
+        pts = [(0.0, -0.577), (0.5, 0.289), (-0.5, 0.289)]
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([(cx + side * (x * c - y * s), cy + side * (x * s + y * c)) for x, y in pts])
+
+
+def _draw_object(rng, cls: str, size: int, length: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Returns a (size, size) bool mask of the object and its BGR colour."""
+    scale = 8  # draw with sub-pixel precision
+    mask = np.zeros((size, size), np.uint8)
+    margin = length / 2
+    cx, cy = rng.uniform(margin, size - margin, 2) if size > length else (size / 2, size / 2)
+    if cls == "circle":
+        cv2.circle(mask, (int(cx * scale), int(cy * scale)), int(length / 2 * scale), 1, -1,
+                   cv2.LINE_8, 3)
+    else:
+        # side such that the shape's extent, whatever the rotation, is about `length`
+        angle = rng.uniform(0, 2 * math.pi)
+        poly = _shape_polygon(cls, 0, 0, 1.0, angle)
+        extent = max(np.ptp(poly[:, 0]), np.ptp(poly[:, 1]))
+        poly = _shape_polygon(cls, cx, cy, length / extent, angle)
+        cv2.fillPoly(mask, [np.round(poly * scale).astype(np.int32)], 1, cv2.LINE_8, 3)
+    lo, hi = _HUES[cls]
+    hsv = np.uint8([[[rng.integers(lo, hi + 1), rng.integers(150, 256), rng.integers(130, 256)]]])
+    color = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+    return mask.astype(bool), color
+
+
+def _box_iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _make_image(rng, spec: ShapesSpec):
+    size = spec.image_size
+    img = _texture(rng, size)
+    objects = []  # (class index, xyxy box)
+    for _ in range(int(rng.integers(0, spec.max_objects + 1))):
+        for _attempt in range(20):
+            cls_idx = int(rng.integers(len(SHAPES_CLASSES)))
+            length = math.exp(rng.uniform(math.log(spec.min_size), math.log(size / 2)))
+            mask, color = _draw_object(rng, SHAPES_CLASSES[cls_idx], size, length)
+            ys, xs = np.nonzero(mask)
+            if len(xs) == 0:
+                continue
+            box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+            if all(_box_iou(box, b) <= spec.max_overlap_iou for _, b in objects):
+                shade = rng.normal(0, 6, (size, size, 1))  # a little texture on the object
+                img[mask] = (color + shade)[mask]
+                objects.append((cls_idx, box))
+                break
+    return np.clip(img, 0, 255).astype(np.uint8), objects
+
+
+def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
+    """
+    Write ``out_dir/images/*.jpg`` and ``out_dir/annotations.json`` (COCO format)
+    for ``spec``; deterministic in ``spec``. Written into a temporary directory and
+    renamed into place, so a concurrent or interrupted run never leaves half a dataset.
+    Returns the annotation file's path.
+    """
+    ann_file = os.path.join(out_dir, "annotations.json")
+    if os.path.isfile(ann_file):
+        return ann_file
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp_shapes_", dir=parent)
+    try:
+        os.makedirs(os.path.join(tmp, "images"))
+        rng = np.random.default_rng(spec.seed)
+        images, annotations = [], []
+        for i in range(spec.num_images):
+            img, objects = _make_image(rng, spec)
+            name = f"{i:06d}.jpg"
+            cv2.imwrite(os.path.join(tmp, "images", name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            images.append(dict(id=i + 1, file_name=name, height=img.shape[0], width=img.shape[1]))
+            for cls_idx, (x0, y0, x1, y1) in objects:
+                annotations.append(dict(
+                    id=len(annotations) + 1, image_id=i + 1, category_id=cls_idx + 1,
+                    bbox=[x0, y0, x1 - x0, y1 - y0], area=(x1 - x0) * (y1 - y0), iscrowd=0))
+        categories = [dict(id=i + 1, name=n, supercategory="shape")
+                      for i, n in enumerate(SHAPES_CLASSES)]
+        with open(os.path.join(tmp, "annotations.json"), "w") as f:
+            json.dump(dict(images=images, annotations=annotations, categories=categories,
+                           info=dict(description="scratchdet shapes", spec=asdict(spec))), f)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if not os.path.isfile(ann_file):  # not a concurrent writer that won the race
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info(f"Generated {spec.num_images} shapes images into {out_dir}")
+    return ann_file
+
+
+def _load(name: str, spec: ShapesSpec) -> List[Dict]:
+    out_dir = shapes_dir(spec)
+    ann_file = generate_shapes(spec, out_dir)
+    return load_coco_json(ann_file, os.path.join(out_dir, "images"), name)
+
+
+def register_shapes(name: str, spec: ShapesSpec) -> None:
+    """Register ``name`` (generated on first ``DatasetCatalog.get``) with COCO metadata."""
+    out_dir = shapes_dir(spec)
+    DatasetCatalog.register(name, lambda: _load(name, spec))
+    MetadataCatalog.get(name).set(
+        json_file=os.path.join(out_dir, "annotations.json"),
+        image_root=os.path.join(out_dir, "images"),
+        evaluator_type="coco",
+        thing_classes=list(SHAPES_CLASSES),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},
+    )
+
+
+def ensure_shapes(name: str) -> str:
+    """Generate a registered default split now (if needed); returns its annotation file."""
+    return generate_shapes(DEFAULT_SPLITS[name], shapes_dir(DEFAULT_SPLITS[name]))
+
+
+for _name, _spec in DEFAULT_SPLITS.items():
+    if _name not in DatasetCatalog.list():
+        register_shapes(_name, _spec)

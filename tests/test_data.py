@@ -1,0 +1,112 @@
+"""Embedded shapes data, COCO-at-a-path registration, SSD mapper."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from scratchdet.data import (
+    SSDDatasetMapper,
+    ShapesSpec,
+    generate_shapes,
+    register_coco_dataset,
+    ssd_train_augmentations,
+)
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("shapes") / "ds")
+    return out, generate_shapes(ShapesSpec(num_images=120, seed=3), out)
+
+
+def test_shapes_meets_the_difficulty_floor(small_shapes):
+    out, ann = small_shapes
+    d = json.load(open(ann))
+    assert len(d["categories"]) >= 3
+    assert all(im["height"] >= 160 and im["width"] >= 160 for im in d["images"])
+    per_image = {im["id"]: 0 for im in d["images"]}
+    for a in d["annotations"]:
+        per_image[a["image_id"]] += 1
+    counts = np.array(list(per_image.values()))
+    assert counts.min() == 0 and counts.max() <= 6 and (counts == 0).mean() < 0.3
+    longest = np.array([max(a["bbox"][2], a["bbox"][3]) for a in d["annotations"]])
+    assert longest.min() >= 7 and longest.max() <= 82
+    # log-uniform: about as many objects below the geometric mean size as above
+    gmean = math.sqrt(8 * 80)
+    assert 0.35 < (longest < gmean).mean() < 0.65
+    assert {a["category_id"] for a in d["annotations"]} == {1, 2, 3}
+    # textured backgrounds: an empty image is far from flat
+    import cv2
+    empty = next(i for i, c in per_image.items() if c == 0)
+    img = cv2.imread(os.path.join(out, "images", f"{empty - 1:06d}.jpg"))
+    assert img.std() > 10
+
+
+def test_shapes_boxes_are_tight_around_the_drawn_object(small_shapes):
+    out, ann = small_shapes
+    import cv2
+    d = json.load(open(ann))
+    a = max(d["annotations"], key=lambda a: a["area"])  # a large, unambiguous object
+    img = cv2.imread(os.path.join(out, "images", f"{a['image_id'] - 1:06d}.jpg")).astype(float)
+    x, y, w, h = [int(round(v)) for v in a["bbox"]]
+    hsv = cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_BGR2HSV)
+    sat = hsv[..., 1] > 120
+    inside = sat[y:y + h, x:x + w]
+    # the object's saturated pixels touch all four sides of its box
+    assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+
+
+def test_shapes_is_deterministic_and_registered(tmp_path):
+    a = generate_shapes(ShapesSpec(num_images=5, seed=9), str(tmp_path / "a"))
+    b = generate_shapes(ShapesSpec(num_images=5, seed=9), str(tmp_path / "b"))
+    assert json.load(open(a))["annotations"] == json.load(open(b))["annotations"]
+    dicts = DatasetCatalog.get("scratchdet_shapes_val")
+    assert len(dicts) == 200
+    meta = MetadataCatalog.get("scratchdet_shapes_val")
+    assert meta.thing_classes == ["circle", "square", "triangle"]
+    assert os.path.isfile(meta.json_file)
+    assert not [p for p in os.listdir(os.path.dirname(meta.json_file)) if p.startswith(".tmp")]
+
+
+def test_register_coco_at_a_path(coco_mini):
+    ann = os.path.join(coco_mini, "annotations", "instances_val2017.json")
+    register_coco_dataset("test_coco_mini_val", ann, os.path.join(coco_mini, "val2017"))
+    dicts = DatasetCatalog.get("test_coco_mini_val")
+    assert len(dicts) == 79 and os.path.isfile(dicts[0]["file_name"])
+    assert len(MetadataCatalog.get("test_coco_mini_val").thing_classes) == 80
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        register_coco_dataset("x", "/nope.json", coco_mini)
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        register_coco_dataset("x", ann, "/no_such_dir")
+
+
+def test_ssd_mapper_keeps_boxes_on_their_objects(small_shapes):
+    """After the whole SSD300 pipeline, every box still frames its saturated object."""
+    out, ann = small_shapes
+    from detectron2.data.datasets import load_coco_json
+    import cv2
+    dicts = [d for d in load_coco_json(ann, os.path.join(out, "images"))
+             if len(d["annotations"])]
+    mapper = SSDDatasetMapper(is_train=True, image_format="BGR",
+                              augmentations=ssd_train_augmentations(300))
+    np.random.seed(0)
+    checked = 0
+    for d in dicts[:40]:
+        r = mapper(d)
+        img = r["image"].numpy().transpose(1, 2, 0)
+        assert img.shape == (300, 300, 3)
+        boxes = r["instances"].gt_boxes.tensor.numpy()
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= 300 and 0 <= y0 < y1 <= 300
+            cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+            if (x1 - x0) > 12 and (y1 - y0) > 12:
+                # box centre of a convex shape lies on the object; colour is saturated
+                patch = img[cy - 1:cy + 2, cx - 1:cx + 2].astype(np.uint8)
+                hsv = cv2.cvtColor(patch, cv2.COLOR_BGR2HSV)
+                assert np.median(hsv[..., 1]) > 60
+                checked += 1
+    assert checked > 20

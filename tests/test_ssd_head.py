@@ -1,0 +1,67 @@
+"""SSD head and anchors on Detectron2's RetinaNet."""
+import math
+
+import torch
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from scratchdet.modeling import SSDAnchorGenerator, SSDHead, ssd_num_anchors
+
+RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+
+
+def test_ssd_anchor_counts_sizes_and_centres():
+    gen = SSDAnchorGenerator(min_sizes=[30, 60, 111, 162, 213, 264],
+                             max_sizes=[60, 111, 162, 213, 264, 315], aspect_ratios=RATIOS,
+                             strides=[8, 16, 32, 64, 100, 300])
+    assert gen.num_cell_anchors == [4, 6, 6, 6, 4, 4] == ssd_num_anchors(RATIOS)
+    feats = [torch.zeros(1, 1, s, s) for s in [38, 19, 10, 5, 3, 1]]
+    anchors = gen(feats)
+    assert [len(a) for a in anchors] == [38 * 38 * 4, 19 * 19 * 6, 100 * 6, 25 * 6, 9 * 4, 4]
+    cell = list(gen.cell_anchors)[0]
+    wh = torch.stack([cell[:, 2] - cell[:, 0], cell[:, 3] - cell[:, 1]], 1)
+    expect = [(30, 30), (math.sqrt(1800),) * 2, (30 * math.sqrt(2), 30 / math.sqrt(2)),
+              (30 / math.sqrt(2), 30 * math.sqrt(2))]
+    assert torch.allclose(wh, torch.tensor(expect), atol=1e-4)
+    # last level: one location centred in a 300x300 image
+    c = anchors[5].get_centers()
+    assert torch.allclose(c, torch.full_like(c, 150.0))
+    # first level: centres at (i + 0.5) * 8
+    c0 = anchors[0].get_centers()[::4]
+    assert torch.allclose(c0[:3, 0], torch.tensor([4.0, 12.0, 20.0]))
+
+
+def test_ssd_head_shapes_and_bias():
+    shapes = [ShapeSpec(channels=c) for c in [8, 16, 4, 4, 4, 4]]
+    head = SSDHead(input_shape=shapes, num_classes=5, num_anchors=ssd_num_anchors(RATIOS))
+    feats = [torch.randn(2, s.channels, n, n) for s, n in zip(shapes, [38, 19, 10, 5, 3, 1])]
+    logits, deltas = head(feats)
+    for lg, dl, a, n in zip(logits, deltas, ssd_num_anchors(RATIOS), [38, 19, 10, 5, 3, 1]):
+        assert lg.shape == (2, a * 5, n, n) and dl.shape == (2, a * 4, n, n)
+    b = -math.log(99.0)
+    assert all(torch.allclose(p, torch.full_like(p, b)) for p in head.cls_bias_params())
+    assert all(isinstance(m[-1], torch.nn.BatchNorm2d) for m in head.cls_convs)
+
+
+def test_scratchdet300_trains_on_retinanet_meta_arch(tmp_path):
+    cfg = LazyConfig.load("configs/common/models/scratchdet_ssd300.py")
+    bb = cfg.model.backbone.bottom_up
+    bb.stem_channels, bb.res2_out_channels, bb.depth = 8, 8, 18
+    cfg.model.head.input_shape = [ShapeSpec(channels=c) for c in [32, 64, 128, 128, 128, 128]]
+    cfg.model.num_classes = 3
+    model = instantiate(cfg.model).train()
+    inst = Instances((300, 300))
+    inst.gt_boxes = Boxes(torch.tensor([[20.0, 30, 120, 160], [200, 200, 230, 220]]))
+    inst.gt_classes = torch.tensor([0, 2])
+    batch = [dict(image=torch.randint(0, 255, (3, 300, 300)).float(), instances=inst)] * 2
+    with EventStorage(0):
+        losses = model(batch)
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model([dict(image=batch[0]["image"], height=600, width=600)])
+    assert out[0]["instances"].image_size == (600, 600)
