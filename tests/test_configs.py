@@ -62,7 +62,7 @@ def test_config_trains_one_step(path, tmp_path):
     with EventStorage(0) as storage:
         trainer.iter = 0
         trainer.run_step()
-        losses = {k: v[0] for k, v in storage.histories().items() if k.startswith("loss")}
+        losses = {k: v.latest() for k, v in storage.histories().items() if k.startswith("loss")}
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
     changed = sum(not torch.equal(before[n], p) for n, p in model.named_parameters())
     assert changed > 0.9 * len(before)

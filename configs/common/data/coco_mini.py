@@ -32,7 +32,8 @@ dataloader.train = L(build_detection_train_loader)(
     mapper=L(DatasetMapper)(
         is_train=True,
         augmentations=[
-            L(T.ResizeShortestEdge)(short_edge_length=(256,), max_size=384),
+            L(T.ResizeShortestEdge)(short_edge_length=(224, 256, 288), max_size=384,
+                                   sample_style="choice"),
             L(T.RandomFlip)(horizontal=True),
         ],
         image_format="BGR",
