@@ -16,6 +16,7 @@ setup(
         "scratchdet.data",
         "scratchdet.engine",
         "scratchdet.modeling",
+        "scratchdet.sampling_free",
     ],
     package_dir={"scratchdet": "projects/scratchdet"},
     python_requires=">=3.8",

@@ -18,6 +18,7 @@ from detectron2.utils.events import EventStorage
 
 from scratchdet.data import SSDDatasetMapper
 from scratchdet.engine import load_config
+from scratchdet.sampling_free import initialize_priors, prior_heads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
@@ -32,14 +33,20 @@ def test_config_list_covers_the_issue():
     for needle in ["demo", "scratchdet300_root_resnet34_voc0712", "scratchdet300_root_resnet34_coco",
                    "retinanet_root_resnet34_fpn_coco", "retinanet_root_resnet34_fpn_voc0712",
                    "downsampling_resnet18", "downsampling_no_maxpool",
-                   "downsampling_conv1_stride1", "downsampling_root_resnet18", "coco_mini"]:
+                   "downsampling_conv1_stride1", "downsampling_root_resnet18", "coco_mini",
+                   "COCO/sampling_free_retinanet_R_50_FPN_1x", "COCO/sampling_free_faster_rcnn_R_50_FPN_1x",
+                   "VOC/sampling_free_retinanet_R_50_FPN", "VOC/sampling_free_faster_rcnn_R_50_FPN",
+                   "sampling_free_scratchdet_retinanet_root_resnet34_fpn_coco",
+                   "sampling_free_scratchdet_retinanet_root_resnet34_fpn_voc0712",
+                   "shapes/sampling_free_root_resnet18_fpn_demo"]:
         assert needle in names, needle
 
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_config_trains_one_step(path, tmp_path):
     cfg = load_config(os.path.join(REPO, path))
-    assert cfg.train.init_checkpoint == "", "from scratch: no pretrained weights"
+    if "R_50" not in path:  # the R50 Sampling-Free baselines use ImageNet weights as D2 does
+        assert cfg.train.init_checkpoint == "", "from scratch: no pretrained weights"
     cfg.train.device = "cpu"
     cfg.train.output_dir = str(tmp_path)
     d = cfg.dataloader
@@ -52,6 +59,9 @@ def test_config_trains_one_step(path, tmp_path):
         d.train.mapper.augmentations = [L(T.Resize)(shape=(160, 160))]
     torch.manual_seed(0)
     model = instantiate(cfg.model).train()
+    if prior_heads(model):  # Sampling-Free: the prior is counted before the first step
+        counts = initialize_priors(cfg, model, progress=False)
+        assert all(0 < c.prior < 1 for c in counts.values())
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     sched = instantiate(cfg.lr_multiplier)
@@ -64,7 +74,7 @@ def test_config_trains_one_step(path, tmp_path):
         trainer.run_step()
         losses = {k: v.latest() for k, v in storage.histories().items() if k.startswith("loss")}
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
-    params = dict(model.named_parameters())
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}  # not frozen
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in params.values())
     # Levels without a positive anchor in a 2-image batch legitimately give their box
     # predictor no gradient, and warm-up starts with a tiny lr, so not every tensor moves.

@@ -29,4 +29,13 @@ def add_scratchdet_config(cfg: CN) -> CN:
     cfg.MODEL.SSD.EXTRA_CHANNELS = [128, 128, 128, 128]
     cfg.MODEL.SSD.STEPS = [8, 16, 32, 64, 100, 300]
     cfg.MODEL.BACKBONE.FREEZE_AT = 0  # from scratch: nothing frozen
+
+    # Sampling-Free heads (SamplingFreeRetinaNet, SamplingFreeRPN, SamplingFreeROIHeads)
+    cfg.MODEL.SAMPLING_FREE = CN()
+    sf = cfg.MODEL.SAMPLING_FREE
+    sf.GUIDED_LOSS_SCALE = 1.0  # RetinaNet / RPN: loss_cls scaled to 1.0 x box loss
+    sf.ROI_GUIDED_LOSS_SCALE = 2.0  # R-CNN box head: 2.0 x box loss
+    sf.THRESHOLD_RULE = "global"  # "global" (prior x C) or "per_class" (paper)
+    sf.RETINANET_NMS_THRESH_TEST = 0.55
+    sf.ROI_SCORE_THRESH_TEST = 1e-4
     return cfg

@@ -26,6 +26,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..data import register_datasets_from_config
+from ..sampling_free import PriorInitHook
 
 __all__ = ["load_config", "build_model", "do_test", "do_train"]
 
@@ -94,6 +95,8 @@ def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
         return last_results
 
     trainer.register_hooks([
+        # counts the data's foreground prior for Sampling-Free heads that carry none yet
+        PriorInitHook(cfg, model),
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)

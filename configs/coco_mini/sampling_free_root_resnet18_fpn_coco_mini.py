@@ -1,0 +1,7 @@
+"""The coco_mini CPU config trained Sampling-Free (prior from coco_mini's annotations)."""
+from ..common.models.sampling_free import sampling_free_retinanet
+from .scratchdet_root_resnet18_fpn_coco_mini import (  # noqa: F401
+    dataloader, datasets, lr_multiplier, model, optimizer, train)
+
+model = sampling_free_retinanet(model)
+train.output_dir = "./output/coco_mini_sampling_free"

@@ -1,0 +1,80 @@
+"""The prior as model state: buffers that every checkpoint carries."""
+import math
+from typing import List
+
+import torch
+from torch import nn
+
+from .prior import PriorCounts
+
+__all__ = ["PriorState", "THRESHOLD_RULES", "bias_from_prior"]
+
+
+def bias_from_prior(p: float) -> float:
+    """The logit bias whose sigmoid is p: -log((1 - p) / p)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"prior must be in (0, 1), got {p}")
+    return -math.log((1.0 - p) / p)
+
+
+def _global_thresholds(fg_fraction: float, per_class: torch.Tensor) -> torch.Tensor:
+    # released code: one threshold, prior x C = N_f / N
+    return torch.full_like(per_class, fg_fraction)
+
+
+def _per_class_thresholds(fg_fraction: float, per_class: torch.Tensor) -> torch.Tensor:
+    # paper: theta_j = (N_f / N) * (N_j / sum_k N_k)
+    total = per_class.sum()
+    if total <= 0:
+        return torch.full_like(per_class, fg_fraction)
+    return fg_fraction * per_class / total
+
+
+THRESHOLD_RULES = {"global": _global_thresholds, "per_class": _per_class_thresholds}
+
+
+class PriorState(nn.Module):
+    """
+    Buffers: ``prior`` (p = N_f / N / C; -1 until set), ``class_counts`` (N_j, float64)
+    and ``score_thresholds`` ((K,) adaptive thresholds derived from them with
+    ``rule``). Being buffers, they are saved and loaded with the model.
+    """
+
+    def __init__(self, head_classes: int, num_score_classes: int, rule: str = "global"):
+        super().__init__()
+        if rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold rule {rule!r} is not one of {sorted(THRESHOLD_RULES)}")
+        self.head_classes = int(head_classes)
+        self.rule = rule
+        self.register_buffer("prior", torch.tensor(-1.0, dtype=torch.float64))
+        self.register_buffer("prior_stderr", torch.tensor(float("nan"), dtype=torch.float64))
+        self.register_buffer("class_counts", torch.zeros(num_score_classes, dtype=torch.float64))
+        self.register_buffer("score_thresholds", torch.zeros(num_score_classes))
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.prior.item() > 0)
+
+    def set(self, counts: PriorCounts) -> None:
+        p = counts.prior
+        bias_from_prior(p)  # validates 0 < p < 1
+        self.prior.fill_(p)
+        self.prior_stderr.fill_(counts.stderr)
+        pc = torch.as_tensor(counts.per_class, dtype=torch.float64)
+        if len(pc) == len(self.class_counts):
+            self.class_counts.copy_(pc)
+        fg_fraction = p * self.head_classes
+        thr = THRESHOLD_RULES[self.rule](fg_fraction, self.class_counts.clone())
+        self.score_thresholds.copy_(thr.to(self.score_thresholds.dtype))
+
+    def thresholds(self) -> torch.Tensor:
+        return self.score_thresholds
+
+    def extra_repr(self) -> str:
+        return f"head_classes={self.head_classes}, rule={self.rule!r}, prior={self.prior.item():.3g}"
+
+
+def fill_bias(params: List[torch.Tensor], p: float) -> None:
+    with torch.no_grad():
+        for b in params:
+            b.fill_(bias_from_prior(p))

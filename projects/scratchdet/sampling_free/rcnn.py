@@ -1,0 +1,115 @@
+"""Sampling-Free Faster R-CNN parts: an RPN and ROI heads that use every anchor/proposal."""
+import torch
+
+from detectron2.config import configurable
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
+from detectron2.modeling.proposal_generator import RPN
+from detectron2.modeling.roi_heads import StandardROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+
+from .guided_loss import GuidedLossScaler
+from .prior_state import PriorState, fill_bias
+
+__all__ = ["SamplingFreeRPN", "SamplingFreeROIHeads", "SamplingFreeFastRCNNOutputLayers"]
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class SamplingFreeRPN(RPN):
+    """
+    Detectron2's :class:`RPN` without the 256-anchor subsampling: objectness BCE over
+    every non-ignored anchor, guided-scaled to ``guided_loss_scale`` x the RPN box loss;
+    the objectness bias comes from the RPN's foreground prior (C = 1).
+    """
+
+    @configurable
+    def __init__(self, *, guided_loss_scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.guided_loss = GuidedLossScaler(guided_loss_scale)
+        self.prior_state = PriorState(1, 1, "global")
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["guided_loss_scale"] = cfg.MODEL.SAMPLING_FREE.GUIDED_LOSS_SCALE
+        return ret
+
+    def prior_heads(self):
+        return [("rpn", self.anchor_generator, self.anchor_matcher, 1, self)]
+
+    def set_prior(self, counts) -> None:
+        self.prior_state.set(counts)
+        fill_bias([self.rpn_head.objectness_logits.bias], counts.prior)
+
+    def _subsample_labels(self, label):
+        """Keep every anchor's label (1 fg, 0 bg, -1 ignored): no sampling."""
+        return label
+
+    def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        if self.training and not self.prior_state.is_set:
+            raise RuntimeError(
+                "SamplingFreeRPN: the foreground prior is not set. Train with train_net.py, "
+                "or call scratchdet.sampling_free.initialize_priors(cfg, model) first.")
+        losses = super().losses(anchors, pred_objectness_logits, gt_labels,
+                                pred_anchor_deltas, gt_boxes)
+        losses["loss_rpn_cls"] = self.guided_loss(losses["loss_rpn_cls"], losses["loss_rpn_loc"])
+        return losses
+
+
+class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """
+    Box predictor trained on all proposals: softmax cross-entropy guided-scaled to
+    ``guided_loss_scale`` (2.0) x the box loss. The box loss is normalised by
+    ``box_loss_normalizer`` proposals per image (Detectron2's sampled batch, 512) instead
+    of by all proposals, so its magnitude matches the sampled baseline's (our choice; the
+    paper does not state it). Test score threshold 1e-4 by default.
+    """
+
+    @configurable
+    def __init__(self, input_shape, *, guided_loss_scale: float = 2.0,
+                 box_loss_normalizer: int = 512, test_score_thresh: float = 1e-4, **kwargs):
+        super().__init__(input_shape, test_score_thresh=test_score_thresh, **kwargs)
+        self.guided_loss = GuidedLossScaler(guided_loss_scale)
+        self.box_loss_normalizer = int(box_loss_normalizer)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        sf = cfg.MODEL.SAMPLING_FREE
+        ret.update(guided_loss_scale=sf.ROI_GUIDED_LOSS_SCALE,
+                   box_loss_normalizer=cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+                   test_score_thresh=sf.ROI_SCORE_THRESH_TEST)
+        return ret
+
+    def losses(self, predictions, proposals):
+        losses = super().losses(predictions, proposals)
+        n = sum(len(p) for p in proposals)
+        ref = max(1, self.box_loss_normalizer * len(proposals))
+        losses["loss_box_reg"] = losses["loss_box_reg"] * (max(n, 1) / ref)
+        losses["loss_cls"] = self.guided_loss(losses["loss_cls"], losses["loss_box_reg"])
+        return losses
+
+
+@ROI_HEADS_REGISTRY.register()
+class SamplingFreeROIHeads(StandardROIHeads):
+    """
+    :class:`StandardROIHeads` that trains the box head on every proposal (ground truth
+    appended as Detectron2 does) instead of 512 sampled at 1:3; the mask and keypoint
+    heads are unchanged and train on the foreground proposals.
+    """
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = SamplingFreeFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret
+
+    def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
+        """All non-ignored proposals, labelled with their class or background."""
+        if gt_classes.numel() > 0:
+            gt_classes = gt_classes[matched_idxs]
+            gt_classes[matched_labels == 0] = self.num_classes
+            gt_classes[matched_labels == -1] = -1
+        else:
+            gt_classes = torch.zeros_like(matched_idxs) + self.num_classes
+        keep = torch.nonzero(gt_classes >= 0).squeeze(1)
+        return keep, gt_classes[keep]

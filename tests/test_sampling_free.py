@@ -1,0 +1,266 @@
+"""Sampling-Free: guided scaling, prior counting and bias, adaptive thresholds, caching."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import detectron2.data.transforms as T
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.matcher import Matcher
+from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils.events import EventStorage
+
+from scratchdet.data import register_coco_dataset
+from scratchdet.engine import load_config
+from scratchdet.sampling_free import (
+    AnchorCounter,
+    GuidedLossScaler,
+    classification_bias_params,
+    count_dataset,
+    estimate_priors,
+    guided_scale,
+    initialize_priors,
+)
+from scratchdet.sampling_free.prior import load_or_count
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SF_DEMO = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
+
+
+# -- guided loss scaling ---------------------------------------------------------------
+def test_guided_scaling_value_and_gradient():
+    x = torch.randn(50, 3, requires_grad=True)
+    target = (torch.rand(50, 3) > 0.9).float()
+    reg = torch.tensor(0.37)
+    plain = F.binary_cross_entropy_with_logits(x, target, reduction="sum")
+    ratio = (2.0 * reg / plain).detach()
+    g_plain, = torch.autograd.grad(plain, x)
+    scaled = guided_scale(F.binary_cross_entropy_with_logits(x, target, reduction="sum"), reg, 2.0)
+    assert torch.allclose(scaled, 2.0 * reg)  # logged value = scale x regression loss
+    g_scaled, = torch.autograd.grad(scaled, x)
+    assert torch.allclose(g_scaled, g_plain * ratio, atol=1e-7)  # CE gradient x detached ratio
+
+
+def test_guided_scaling_edge_cases():
+    x = torch.randn(10, requires_grad=True)
+    cls = F.binary_cross_entropy_with_logits(x, torch.zeros(10), reduction="sum")
+    # no positive anchor: L_reg == 0 -> finite, no NaN gradient
+    out = guided_scale(cls, torch.tensor(0.0))
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(x.grad).all()
+    # zero classification loss -> finite, zero
+    z = torch.zeros((), requires_grad=True)
+    out = guided_scale(z * 1.0, torch.tensor(0.5))
+    out.backward()
+    assert out.item() == 0 and torch.isfinite(z.grad)
+    # non-finite inputs are not hidden from the trainer's check
+    assert not torch.isfinite(guided_scale(torch.tensor(float("nan")), torch.tensor(1.0)))
+    # the module falls back to the running ratio when a batch has no positive
+    s = GuidedLossScaler(1.0)
+    s(torch.tensor(10.0), torch.tensor(1.0))  # ratio 0.1
+    assert abs(s(torch.tensor(4.0), torch.tensor(0.0)).item() - 0.4) < 1e-6
+    with pytest.raises(ValueError, match="-1"):
+        GuidedLossScaler(-1)
+
+
+# -- counting ----------------------------------------------------------------------------
+def _tiny_counter(num_classes=2):
+    gen = DefaultAnchorGenerator(sizes=[[16]], aspect_ratios=[[1.0]], strides=[16], offset=0.5)
+    matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
+    return AnchorCounter(gen, matcher, num_classes, size_divisibility=0)
+
+
+def _dict(h, w, boxes, classes, crowd=()):
+    annos = [dict(bbox=b, bbox_mode=BoxMode.XYXY_ABS, category_id=c, iscrowd=0)
+             for b, c in zip(boxes, classes)]
+    annos += [dict(bbox=b, bbox_mode=BoxMode.XYXY_ABS, category_id=0, iscrowd=1) for b in crowd]
+    return dict(height=h, width=w, annotations=annos)
+
+
+def test_counts_equal_a_hand_count():
+    # 32x32 images, one 16x16 anchor per 16 px cell: [0,0,16,16], [16,0,32,16], ...
+    # image 1: a gt box on anchor 0 -> 1 foreground of class 0, 3 background
+    # image 2: a gt box straddling anchors 0 and 1 (IoU 1/3 with each): below 0.4, but
+    #          the low-quality rule makes both foreground (class 1); the crowd box is
+    #          dropped as Detectron2's mapper drops it
+    dicts = [_dict(32, 32, [[0, 0, 16, 16]], [0]),
+             _dict(32, 32, [[8, 0, 24, 16]], [1], crowd=[[16, 16, 32, 32]])]
+    c = count_dataset(dicts, _tiny_counter(), [], head_classes=2, progress=False)
+    assert (c.num_foreground, c.num_valid, c.per_class) == (3, 8, [1, 2])
+    assert c.prior == pytest.approx(3 / 8 / 2)
+    assert c.per_class_prior == pytest.approx([1 / 8, 2 / 8])
+    # the mapper's resize is applied to boxes and image size: 64 px images resized to 32
+    big = [_dict(64, 64, [[0, 0, 32, 32]], [0]), _dict(64, 64, [[16, 0, 48, 32]], [1])]
+    c2 = count_dataset(big, _tiny_counter(), [T.ResizeShortestEdge(32, 1000)], 2, False)
+    assert (c2.num_foreground, c2.num_valid, c2.per_class) == (3, 8, [1, 2])
+    # multi-scale: each size the mapper can produce counts once per image
+    c3 = count_dataset(big, _tiny_counter(),
+                       [T.ResizeShortestEdge((32, 64), 1000, sample_style="choice")], 2, False)
+    assert c3.num_valid == 8 + 2 * 16
+
+
+def test_cache_reused_and_invalidated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHDET_CACHE", str(tmp_path))
+    dicts = [_dict(32, 32, [[0, 0, 16, 16]], [0])] * 3
+    a, hit = load_or_count("d", dicts, _tiny_counter(), [], 2, progress=False)
+    assert not hit
+    b, hit = load_or_count("d", dicts, _tiny_counter(), [], 2, progress=False)
+    assert hit and b.to_dict() == a.to_dict()
+    # other anchor sizes: recomputed
+    gen = DefaultAnchorGenerator(sizes=[[20]], aspect_ratios=[[1.0]], strides=[16], offset=0.5)
+    other = AnchorCounter(gen, Matcher([0.4, 0.5], [0, -1, 1], True), 2)
+    _, hit = load_or_count("d", dicts, other, [], 2, progress=False)
+    assert not hit
+    # a corrupt cache file is recounted, not trusted
+    for f in os.listdir(tmp_path / "priors"):
+        (tmp_path / "priors" / f).write_text("{not json")
+    c, hit = load_or_count("d", dicts, _tiny_counter(), [], 2, progress=False)
+    assert not hit and c.to_dict()["num_foreground"] == a.num_foreground
+
+
+# -- the model ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sf_demo():
+    cfg = load_config(SF_DEMO)
+    cfg.dataloader.train.dataset.names = "scratchdet_shapes_val"
+    cfg.dataloader.train.total_batch_size = 2
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    counts = initialize_priors(cfg, model, progress=False)
+    return cfg, model, counts
+
+
+def test_bias_equals_prior_and_thresholds(sf_demo):
+    cfg, model, counts = sf_demo
+    p = counts["retinanet"].prior
+    assert 1e-5 < p < 1e-2
+    for b in classification_bias_params(model.head):
+        assert torch.allclose(torch.sigmoid(b.double()), torch.full_like(b.double(), p))
+    thr = model.score_thresholds()
+    assert torch.allclose(thr.double(), torch.full((3,), p * 3, dtype=torch.float64))
+
+
+def test_training_refuses_without_prior_and_handles_empty_batches(sf_demo):
+    cfg, model, _ = sf_demo
+    fresh = instantiate(cfg.model).train()
+    img = torch.rand(3, 160, 160) * 255
+    empty = Instances((160, 160), gt_boxes=Boxes(torch.zeros(0, 4)),
+                      gt_classes=torch.zeros(0, dtype=torch.int64))
+    with EventStorage(0), pytest.raises(RuntimeError, match="prior is not set"):
+        fresh([dict(image=img, instances=empty)])
+    model.train()
+    with EventStorage(0):
+        losses = model([dict(image=img, instances=empty)] * 2)  # no positive anywhere
+        sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.zero_grad()
+
+
+def test_adaptive_threshold_applied_and_survives_checkpoint(sf_demo, tmp_path):
+    cfg, model, _ = sf_demo
+    model.eval()
+    # make the per-class rule visible: distinct thresholds per class
+    model.prior_state.rule = "per_class"
+    model.set_prior(estimate_priors(cfg, model, progress=False)["retinanet"])
+    thr = model.score_thresholds().clone()
+    assert len(set(thr.tolist())) > 1
+    x = [dict(image=torch.rand(3, 160, 160) * 255, height=160, width=160)]
+    with torch.no_grad():
+        inst = model(x)[0]["instances"]
+    assert len(inst) > 0
+    assert (inst.scores > thr[inst.pred_classes]).all()
+    DetectionCheckpointer(model, str(tmp_path)).save("m")
+    fresh = instantiate(cfg.model).eval()
+    assert not fresh.prior_state.is_set
+    DetectionCheckpointer(fresh).load(str(tmp_path / "m.pth"))
+    assert torch.equal(fresh.score_thresholds(), thr)
+    assert fresh.prior_state.prior.item() == model.prior_state.prior.item()
+    with torch.no_grad():
+        again = fresh(x)[0]["instances"]
+    assert torch.allclose(again.scores, inst.scores)
+
+
+# -- real COCO ---------------------------------------------------------------------------
+def _coco_mini_cfg(config, coco_mini):
+    cfg = load_config(os.path.join(REPO, "configs", "COCO", config))
+    register_coco_dataset("coco_mini_train", os.path.join(coco_mini, "annotations",
+                                                          "instances_train2017.json"),
+                          os.path.join(coco_mini, "train2017"))
+    cfg.dataloader.train.dataset.names = "coco_mini_train"
+    return cfg
+
+
+def test_coco_mini_priors_match_the_papers_order(coco_mini):
+    cfg = _coco_mini_cfg("sampling_free_retinanet_R_50_FPN_1x.py", coco_mini)
+    p = estimate_priors(cfg, instantiate(cfg.model), progress=False)["retinanet"].prior
+    assert 1e-6 < p < 1e-4, p  # paper: 1e-5 for RetinaNet R50-FPN on COCO
+    cfg = _coco_mini_cfg("sampling_free_faster_rcnn_R_50_FPN_1x.py", coco_mini)
+    p = estimate_priors(cfg, instantiate(cfg.model), progress=False)["rpn"].prior
+    assert 2e-5 < p < 2e-3, p  # paper: 2e-4 for the RPN
+
+
+def test_estimate_prior_tool_two_processes_equal_one(coco_mini, tmp_path):
+    ann = os.path.join(coco_mini, "annotations", "instances_val2017.json")
+    base = [sys.executable, os.path.join(REPO, "tools", "estimate_prior.py"), "--quiet",
+            "--no-cache", "--config-file", SF_DEMO.replace("shapes/sampling_free_root_resnet18_fpn_demo",
+                                                         "coco_mini/sampling_free_root_resnet18_fpn_coco_mini")]
+    outs = []
+    for n in (1, 2):
+        p = subprocess.run(base[:2] + ["--num-gpus", str(n)] + base[2:], capture_output=True,
+                           text=True, timeout=600, cwd=str(tmp_path))
+        assert p.returncode == 0, p.stderr[-3000:]
+        outs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    one, two = outs
+    for k in ("prior", "per_class_prior", "num_foreground", "num_anchors_counted", "num_images"):
+        assert one[k] == two[k], k
+    assert one["num_images"] == 80 and len(one["per_class_prior"]) == 80
+    # sampling: N images, with a standard error
+    p = subprocess.run(base + ["--num-images", "20"], capture_output=True, text=True,
+                       timeout=600, cwd=str(tmp_path))
+    s = json.loads(p.stdout.strip().splitlines()[-1])
+    assert s["num_images"] == 20 and s["stderr"] > 0 and math.isfinite(s["stderr"])
+    assert abs(s["prior"] - one["prior"]) < 5 * s["stderr"]
+    assert os.path.isfile(ann)
+
+
+def test_mask_rcnn_on_sampling_free_roi_heads_trains(coco_mini):
+    from detectron2.model_zoo import get_config
+    from detectron2.config import LazyCall as L
+    from scratchdet.sampling_free import SamplingFreeROIHeads
+
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "sf_models", os.path.join(REPO, "configs", "common", "models", "sampling_free.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model_cfg = mod.sampling_free_rcnn(get_config("common/models/mask_rcnn_fpn.py").model)
+    model_cfg.backbone.bottom_up.stages.norm = "BN"
+    model_cfg.backbone.bottom_up.stem.norm = "BN"
+    model = instantiate(model_cfg).train()
+    assert isinstance(model.roi_heads, SamplingFreeROIHeads)
+    cfg = _coco_mini_cfg("sampling_free_faster_rcnn_R_50_FPN_1x.py", coco_mini)
+    initialize_priors(cfg, model, progress=False)
+    data = get_config("common/data/coco.py").dataloader
+    data.train.dataset.names = "coco_mini_train"
+    data.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=192, max_size=256)]
+    data.train.total_batch_size = 2
+    data.train.num_workers = 0
+    batch = next(iter(instantiate(data.train)))
+    with EventStorage(0) as storage:
+        losses = model(batch)
+        sum(losses.values()).backward()
+    assert {"loss_mask", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    # box head: classification scaled to twice the box loss; RPN: to its box loss
+    assert losses["loss_cls"].item() == pytest.approx(2 * losses["loss_box_reg"].item(), rel=1e-4)
+    assert losses["loss_rpn_cls"].item() == pytest.approx(losses["loss_rpn_loc"].item(), rel=1e-4)
+    del storage
