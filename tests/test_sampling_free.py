@@ -264,3 +264,42 @@ def test_mask_rcnn_on_sampling_free_roi_heads_trains(coco_mini):
     assert losses["loss_cls"].item() == pytest.approx(2 * losses["loss_box_reg"].item(), rel=1e-4)
     assert losses["loss_rpn_cls"].item() == pytest.approx(losses["loss_rpn_loc"].item(), rel=1e-4)
     del storage
+
+
+def test_yacs_configs_can_name_the_sampling_free_modules():
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from scratchdet import add_scratchdet_config
+    from scratchdet.sampling_free import (SamplingFreeFastRCNNOutputLayers,
+                                          SamplingFreeRetinaNet, SamplingFreeRPN)
+
+    cfg = add_scratchdet_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.META_ARCHITECTURE = "SamplingFreeRetinaNet"
+    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    m = build_model(cfg)
+    assert isinstance(m, SamplingFreeRetinaNet) and m.test_nms_thresh == 0.55
+    assert m.guided_loss.scale == 1.0 and m.prior_state.rule == "global"
+
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "SamplingFreeRPN"
+    cfg.MODEL.ROI_HEADS.NAME = "SamplingFreeROIHeads"
+    m = build_model(cfg)
+    assert isinstance(m.proposal_generator, SamplingFreeRPN)
+    bp = m.roi_heads.box_predictor
+    assert isinstance(bp, SamplingFreeFastRCNNOutputLayers)
+    assert bp.test_score_thresh == 1e-4 and bp.guided_loss.scale == 2.0

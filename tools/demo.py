@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-`make demo`: train the ScratchDet Root-ResNet detector from scratch on the embedded
+`make demo`: train the ScratchDet Root-ResNet detector (Sampling-Free loss) from scratch on the embedded
 shapes data (generated on first use), evaluate it with Detectron2's COCOEvaluator,
 and write
 
@@ -33,7 +33,8 @@ sys.path.insert(0, REPO)
 import scratchdet  # noqa: E402,F401
 from scratchdet.engine import build_model, do_train, load_config  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "scratchdet_root_resnet18_fpn_demo.py")
+# Sampling-Free beat focal loss on the embedded data at equal wall time (see README)
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
 
 
 def _finite_or_none(v):

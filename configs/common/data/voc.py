@@ -1,39 +1,19 @@
 """PASCAL VOC 07+12 trainval -> VOC 2007 test (Detectron2's builtin, $DETECTRON2_DATASETS)."""
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import (
-    DatasetMapper,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
 from detectron2.evaluation import PascalVOCDetectionEvaluator
 
-dataloader = OmegaConf.create()
-dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names=["voc_2007_trainval", "voc_2012_trainval"]),
-    mapper=L(DatasetMapper)(
-        is_train=True,
-        augmentations=[
-            L(T.ResizeShortestEdge)(
-                short_edge_length=(480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800),
-                sample_style="choice", max_size=1333),
-            L(T.RandomFlip)(horizontal=True),
-        ],
-        image_format="BGR",
-    ),
-    total_batch_size=16,
-    num_workers=4,
+from .loader import detection_dataloader
+
+dataloader = detection_dataloader(
+    train=["voc_2007_trainval", "voc_2012_trainval"],
+    test="voc_2007_test",
+    train_augs=[
+        L(T.ResizeShortestEdge)(
+            short_edge_length=(480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800),
+            sample_style="choice", max_size=1333),
+        L(T.RandomFlip)(horizontal=True),
+    ],
+    test_augs=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
+    evaluator=PascalVOCDetectionEvaluator,
 )
-dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="voc_2007_test", filter_empty=False),
-    mapper=L(DatasetMapper)(
-        is_train=False,
-        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
-        image_format="BGR",
-    ),
-    num_workers=4,
-)
-dataloader.evaluator = L(PascalVOCDetectionEvaluator)(dataset_name="${..test.dataset.names}")
