@@ -15,6 +15,7 @@ from scratchdet.engine import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "shapes", "scratchdet_root_resnet18_fpn_demo.py")
+SF_DEMO = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
 COCO_MINI = os.path.join(REPO, "configs", "coco_mini", "scratchdet_root_resnet18_fpn_coco_mini.py")
 
 
@@ -82,12 +83,17 @@ def test_train_net_trains_and_evaluates_on_real_coco(tmp_path, coco_mini):
 
 
 def test_two_cpu_processes_with_gloo(tmp_path):
+    """Sampling-Free demo on 2 GLOO processes: the prior is counted in shards before the
+    first iteration, then training and evaluation run distributed."""
     out = tmp_path / "out2"
-    p = _run(["--config-file", DEMO, "--num-gpus", "2", "--dist-url", "auto",
+    p = _run(["--config-file", SF_DEMO, "--num-gpus", "2", "--dist-url", "auto",
               "train.max_iter=4", "train.eval_period=4", "train.log_period=1",
               "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
               f"train.output_dir={out}"], tmp_path)
     records = _metrics(out)
     assert max(r["iteration"] for r in records if "total_loss" in r) == 3
     assert any("bbox/AP" in r for r in records)
-    assert "on 2 devices" in p.stdout + p.stderr
+    log = p.stdout + p.stderr
+    assert "on 2 devices" in log
+    assert "prior[retinanet]" in log
+    assert any("prior/retinanet" in r for r in records)

@@ -24,6 +24,7 @@ from detectron2.engine import (
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data import register_datasets_from_config
 from ..sampling_free import PriorInitHook
@@ -117,6 +118,7 @@ def main(args):
     """Entry point used by ``train_net.py`` (runs in every launched process)."""
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="scratchdet")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, comm.get_local_size())))
     model = build_model(cfg)
     logger.info("Model:\n{}".format(model))
