@@ -10,7 +10,6 @@ from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch import RetinaNet
-from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K  # noqa: F401
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.utils.events import get_event_storage
 
