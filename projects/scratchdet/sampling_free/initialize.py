@@ -26,21 +26,14 @@ def prior_heads(model):
     return heads
 
 
-def _train_data(cfg):
-    """The training dataset dicts (as the loader sees them) and the mapper's augmentations."""
-    dl = cfg.dataloader.train
-    dicts = instantiate(dl.dataset)
-    mapper = dl.mapper
-    augs = instantiate(mapper.augmentations) if "augmentations" in mapper else []
-    return dl.dataset.names, dicts, list(augs)
-
-
 def estimate_priors(cfg, model, dataset_dicts=None, use_cache=True, progress=True,
                     extra=None) -> Dict[str, PriorCounts]:
-    """Count every prior head of ``model`` on ``cfg``'s training data (no images read)."""
-    names, dicts, augs = _train_data(cfg)
-    if dataset_dicts is not None:
-        dicts = dataset_dicts
+    """Count every prior head of ``model`` on ``cfg``'s training data (no images read).
+    ``dataset_dicts`` replaces the loader's dataset (e.g. a sample of it)."""
+    dl = cfg.dataloader.train
+    names = dl.dataset.names
+    dicts = instantiate(dl.dataset) if dataset_dicts is None else dataset_dicts
+    augs = list(instantiate(dl.mapper.augmentations)) if "augmentations" in dl.mapper else []
     size_div = getattr(_unwrap(model).backbone, "size_divisibility", 0)
     num_classes = _num_classes(model)
     out = {}

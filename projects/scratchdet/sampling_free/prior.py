@@ -33,6 +33,8 @@ import detectron2.data.transforms as T
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
+from ..data.ssd_augment import PhotometricDistort
+
 __all__ = ["PriorCounts", "AnchorCounter", "resize_options", "count_dataset", "prior_fingerprint",
            "load_or_count", "PRIOR_VERSION"]
 
@@ -84,9 +86,8 @@ def resize_options(augmentations: Sequence, height: int, width: int) -> List[Tup
         elif isinstance(aug, T.Resize):
             sizes = [tuple(aug.shape)] * len(sizes)
         elif isinstance(aug, (T.RandomFlip, T.RandomBrightness, T.RandomContrast,
-                              T.RandomSaturation, T.RandomLighting, T.NoOpTransform)):
-            continue
-        elif type(aug).__name__ in ("PhotometricDistort",):
+                              T.RandomSaturation, T.RandomLighting, T.NoOpTransform,
+                              PhotometricDistort)):
             continue
         else:
             logger.warning("prior: augmentation %s is not modelled; counting without it",
@@ -211,14 +212,6 @@ def _ratio_stderr(per_image: np.ndarray) -> float:
     return float(math.sqrt(n / (n - 1) * np.sum((f - r * v) ** 2)) / v.sum())
 
 
-def _sha1_file(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _dicts_digest(dataset_dicts: Sequence[Dict]) -> str:
     """Digest of what the counts read from the data: sizes, boxes, classes, crowd flags."""
     h = hashlib.sha1()
@@ -291,7 +284,7 @@ def load_or_count(dataset_names, dataset_dicts, counter: AnchorCounter, augmenta
                            extra)
     path = _cache_path(fp)
     cached = _read_cache(path) if use_cache else None
-    # every rank must take the same branch: decide on rank 0's view
+    # every rank must take the same branch: use the cache only if every rank can read it
     hit = comm.all_gather(cached is not None)
     if use_cache and all(hit):
         return cached, True

@@ -55,6 +55,14 @@ class PriorState(nn.Module):
     def is_set(self) -> bool:
         return bool(self.prior.item() > 0)
 
+    def require(self, owner: str) -> None:
+        """Raise if training would start without a prior (the focal bias would stay)."""
+        if not self.is_set:
+            raise RuntimeError(
+                f"{owner}: the foreground prior is not set. Train with train_net.py, or call "
+                "scratchdet.sampling_free.initialize_priors(cfg, model) before the first "
+                "iteration.")
+
     def set(self, counts: PriorCounts) -> None:
         p = counts.prior
         bias_from_prior(p)  # validates 0 < p < 1

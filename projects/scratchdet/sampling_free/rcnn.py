@@ -45,10 +45,8 @@ class SamplingFreeRPN(RPN):
         return label
 
     def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
-        if self.training and not self.prior_state.is_set:
-            raise RuntimeError(
-                "SamplingFreeRPN: the foreground prior is not set. Train with train_net.py, "
-                "or call scratchdet.sampling_free.initialize_priors(cfg, model) first.")
+        if self.training:
+            self.prior_state.require("SamplingFreeRPN")
         losses = super().losses(anchors, pred_objectness_logits, gt_labels,
                                 pred_anchor_deltas, gt_boxes)
         losses["loss_rpn_cls"] = self.guided_loss(losses["loss_rpn_cls"], losses["loss_rpn_loc"])

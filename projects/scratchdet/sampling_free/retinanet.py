@@ -77,11 +77,8 @@ class SamplingFreeRetinaNet(RetinaNet):
     # -- training -------------------------------------------------------------------
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         """gt_labels: N x (R,) in {-1, 0..K}; pred_logits: levels of (N, HWA, K)."""
-        if self.training and not self.prior_state.is_set:
-            raise RuntimeError(
-                "SamplingFreeRetinaNet: the foreground prior is not set. Train with "
-                "train_net.py, or call scratchdet.sampling_free.initialize_priors(cfg, model) "
-                "before the first iteration.")
+        if self.training:
+            self.prior_state.require("SamplingFreeRetinaNet")
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)
         valid_mask = gt_labels >= 0
