@@ -9,7 +9,11 @@ def add_scratchdet_config(cfg: CN) -> CN:
     Add scratchdet's keys, with their defaults, to a Detectron2 config (in place).
 
     MODEL.ROOT_RESNET: the Root-ResNet backbone (see ``scratchdet.backbone.RootResNet``).
-    MODEL.SSD: SSD extra stages and anchor steps (``build_root_resnet_ssd_backbone``).
+    MODEL.SSD: SSD extra stages and anchor steps (``build_root_resnet_ssd_backbone``) and
+    the SSD head of the ``ScratchDetSSD`` meta-architecture.
+    MODEL.SAMPLING_FREE: the Sampling-Free heads (``scratchdet.sampling_free``).
+    DATASETS.COCO_INSTANCES: COCO-format datasets at any path, registered by
+    ``scratchdet.data.register_datasets_from_yacs(cfg)``.
     """
     cfg.MODEL.ROOT_RESNET = CN()
     r = cfg.MODEL.ROOT_RESNET
@@ -28,6 +32,10 @@ def add_scratchdet_config(cfg: CN) -> CN:
     cfg.MODEL.SSD.IN_FEATURES = ["res4", "res5"]
     cfg.MODEL.SSD.EXTRA_CHANNELS = [128, 128, 128, 128]
     cfg.MODEL.SSD.STEPS = [8, 16, 32, 64, 100, 300]
+    # Norm of the SSD head's prediction convs (ScratchDetSSD): "BN" (default: each conv
+    # without bias, followed by a BatchNorm, as in ScratchDet), "SyncBN", or "" (plain
+    # convs with bias, as in the original SSD).
+    cfg.MODEL.SSD.HEAD_NORM = "BN"
     cfg.MODEL.BACKBONE.FREEZE_AT = 0  # from scratch: nothing frozen
 
     # Sampling-Free heads (SamplingFreeRetinaNet, SamplingFreeRPN, SamplingFreeROIHeads)
@@ -38,4 +46,13 @@ def add_scratchdet_config(cfg: CN) -> CN:
     sf.THRESHOLD_RULE = "global"  # "global" (prior x C) or "per_class" (paper)
     sf.RETINANET_NMS_THRESH_TEST = 0.55
     sf.ROI_SCORE_THRESH_TEST = 1e-4
+
+    # COCO-format instance datasets at any path, as [name, json_file, image_root] triples
+    # (default: empty list, nothing registered). ``register_datasets_from_yacs(cfg)``
+    # registers them after expanding ``$VARS`` and ``~`` in the paths;
+    # ``$SCRATCHDET_COCO_MINI`` defaults to ``scratchdet.data.coco_mini_root()``. E.g.
+    #   COCO_INSTANCES: [["coco_mini_val",
+    #                     "${SCRATCHDET_COCO_MINI}/annotations/instances_val2017.json",
+    #                     "${SCRATCHDET_COCO_MINI}/val2017"]]
+    cfg.DATASETS.COCO_INSTANCES = []
     return cfg

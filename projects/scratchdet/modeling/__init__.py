@@ -1,2 +1,2 @@
-"""Detector parts: SSD head and anchors."""
-from .ssd import SSDAnchorGenerator, SSDHead, ssd_num_anchors
+"""Detector parts: SSD head and anchors, and the yacs SSD meta-architecture."""
+from .ssd import ScratchDetSSD, SSDAnchorGenerator, SSDHead, ssd_num_anchors

@@ -2,7 +2,9 @@
 
 Detectron2's :class:`RetinaNet` meta-architecture flattens each level's predictions on
 its own, so a head with a different number of anchors per level (SSD: 4 or 6) plugs in
-without changes; only the head and the anchor generator are SSD-specific.
+without changes; only the head and the anchor generator are SSD-specific. LazyConfigs
+compose ``RetinaNet(head=SSDHead(...), anchor_generator=SSDAnchorGenerator(...))``; yacs
+configs name :class:`ScratchDetSSD` (``MODEL.META_ARCHITECTURE``), the same model.
 """
 import math
 from typing import List, Sequence
@@ -12,13 +14,18 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import (
     ANCHOR_GENERATOR_REGISTRY,
     BufferList,
     DefaultAnchorGenerator,
+    build_anchor_generator,
 )
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch import RetinaNet
 
-__all__ = ["SSDHead", "SSDAnchorGenerator", "ssd_num_anchors"]
+__all__ = ["SSDHead", "SSDAnchorGenerator", "ScratchDetSSD", "ssd_num_anchors"]
 
 
 def ssd_num_anchors(aspect_ratios: Sequence[Sequence[float]]) -> List[int]:
@@ -119,3 +126,62 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
         for r in ratios:
             wh += [(lo * math.sqrt(r), lo / math.sqrt(r)), (lo / math.sqrt(r), lo * math.sqrt(r))]
         return torch.tensor([[-w / 2, -h / 2, w / 2, h / 2] for w, h in wh], dtype=torch.float32)
+
+
+@META_ARCH_REGISTRY.register()
+class ScratchDetSSD(RetinaNet):
+    """
+    Detectron2's :class:`RetinaNet` with an :class:`SSDHead`, for yacs configs
+    (``MODEL.META_ARCHITECTURE: "ScratchDetSSD"``). It adds no behaviour: only
+    :meth:`from_config` differs, because ``RetinaNet.from_config`` builds a
+    ``RetinaNetHead``, which needs the same number of anchors on every level. Its modules
+    (``backbone``, ``head``, ``anchor_generator``) and so its checkpoints are those of the
+    LazyConfig model ``RetinaNet(backbone=SSDBackbone, head=SSDHead, ...)``.
+
+    Keys: ``MODEL.BACKBONE.NAME`` (``build_root_resnet_ssd_backbone``),
+    ``MODEL.ANCHOR_GENERATOR`` (``NAME: SSDAnchorGenerator``, ``SIZES`` as
+    ``[min_size, max_size]`` per level, ``ASPECT_RATIOS`` per level, ``OFFSET``),
+    ``MODEL.SSD.STEPS`` and ``MODEL.SSD.HEAD_NORM``, and the loss / inference keys of
+    ``MODEL.RETINANET`` (``NUM_CLASSES``, ``IN_FEATURES``, ``PRIOR_PROB``, ...).
+    """
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        r = cfg.MODEL.RETINANET
+        missing = [f for f in r.IN_FEATURES if f not in shapes]
+        if missing:
+            raise ValueError(f"MODEL.RETINANET.IN_FEATURES: {missing} are not outputs of the "
+                             f"backbone (it gives {sorted(shapes)})")
+        feature_shapes = [shapes[f] for f in r.IN_FEATURES]
+        anchor_generator = build_anchor_generator(cfg, feature_shapes)
+        head = SSDHead(
+            input_shape=feature_shapes,
+            num_classes=r.NUM_CLASSES,
+            num_anchors=anchor_generator.num_cell_anchors,
+            norm=cfg.MODEL.SSD.HEAD_NORM,
+            prior_prob=r.PRIOR_PROB,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "anchor_generator": anchor_generator,
+            "box2box_transform": Box2BoxTransform(weights=r.BBOX_REG_WEIGHTS),
+            "anchor_matcher": Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS,
+                                      allow_low_quality_matches=True),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "num_classes": r.NUM_CLASSES,
+            "head_in_features": r.IN_FEATURES,
+            "focal_loss_alpha": r.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": r.FOCAL_LOSS_GAMMA,
+            "smooth_l1_beta": r.SMOOTH_L1_LOSS_BETA,
+            "box_reg_loss_type": r.BBOX_REG_LOSS_TYPE,
+            "test_score_thresh": r.SCORE_THRESH_TEST,
+            "test_topk_candidates": r.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": r.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "vis_period": cfg.VIS_PERIOD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
