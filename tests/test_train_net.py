@@ -80,6 +80,13 @@ def test_train_net_trains_and_evaluates_on_real_coco(tmp_path, coco_mini):
               f"train.output_dir={tmp_path / 'eval'}"], tmp_path)
     log = p.stdout + p.stderr
     assert "Evaluation results for bbox" in log and "copypaste: nan" not in log
+    # the standard COCO metrics, per category included, land in the output directory
+    with open(tmp_path / "eval" / "evaluation_results.json") as f:
+        rec = json.load(f)
+    bbox = rec["results"]["bbox"]
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(bbox)
+    assert len([k for k in bbox if k.startswith("AP-")]) == 80
+    assert rec["checkpoint"] == str(out / "model_final.pth") and rec["score_thresholds"] == {}
 
 
 def test_two_cpu_processes_with_gloo(tmp_path):
@@ -92,7 +99,7 @@ def test_two_cpu_processes_with_gloo(tmp_path):
               f"train.output_dir={out}"], tmp_path)
     records = _metrics(out)
     assert max(r["iteration"] for r in records if "total_loss" in r) == 3
-    assert any("bbox/AP" in r for r in records)
+    assert any("bbox/AP" in r and "bbox@0.05/AP" in r for r in records)
     log = p.stdout + p.stderr
     assert "on 2 devices" in log
     assert "prior[retinanet]" in log

@@ -20,3 +20,4 @@ lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x
 train = get_config("common/train.py").train
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 train.output_dir = "./output/sampling_free_faster_rcnn_R_50_FPN_1x"
+train.adaptive_threshold = dict(enabled=True, rule=None, fixed=0.05)  # AP at both, one pass

@@ -7,3 +7,4 @@ from .scratchdet_retinanet_root_resnet34_fpn_coco import (  # noqa: F401
 
 model = sampling_free_retinanet(model)
 train.output_dir = "./output/sampling_free_scratchdet_retinanet_root_resnet34_fpn_coco"
+train.adaptive_threshold = dict(enabled=True, rule=None, fixed=0.05)  # AP at both, one pass

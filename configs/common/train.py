@@ -9,4 +9,9 @@ train = dict(
     eval_period=5000,
     log_period=20,
     device="cuda",
+    # the adaptive-threshold evaluation (scratchdet.evaluation.AdaptiveThresholdEvalHook):
+    # before each evaluation set the test score thresholds from the model's prior with
+    # `rule` ("global", "per_class", None = the model's own) and report AP at them and at
+    # the `fixed` threshold side by side. On in the Sampling-Free configs.
+    adaptive_threshold=dict(enabled=False, rule=None, fixed=0.05),
 )

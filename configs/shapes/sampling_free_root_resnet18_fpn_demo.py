@@ -7,3 +7,4 @@ from .scratchdet_root_resnet18_fpn_demo import (  # noqa: F401
 
 model = sampling_free_retinanet(model)
 train.output_dir = "./output/demo_sampling_free"
+train.adaptive_threshold = dict(enabled=True, rule=None, fixed=0.05)  # AP at both, one pass

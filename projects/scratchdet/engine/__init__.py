@@ -1,2 +1,5 @@
-"""Training and evaluation loops for LazyConfig configs."""
+"""Training, evaluation and single-image inference for LazyConfig (and yacs) configs."""
 from .lazy_train import build_model, do_test, do_train, load_config
+from .predictor import LazyPredictor, build_predictor
+
+__all__ = ["build_model", "do_test", "do_train", "load_config", "LazyPredictor", "build_predictor"]

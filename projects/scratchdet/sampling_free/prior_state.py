@@ -71,7 +71,20 @@ class PriorState(nn.Module):
         pc = torch.as_tensor(counts.per_class, dtype=torch.float64)
         if len(pc) == len(self.class_counts):
             self.class_counts.copy_(pc)
-        fg_fraction = p * self.head_classes
+        self._update_thresholds()
+
+    def set_rule(self, rule: str) -> torch.Tensor:
+        """Recompute ``score_thresholds`` from the stored prior with ``rule``; returns them.
+        Without a prior the thresholds stay as they are."""
+        if rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold rule {rule!r} is not one of {sorted(THRESHOLD_RULES)}")
+        self.rule = rule
+        if self.is_set:
+            self._update_thresholds()
+        return self.score_thresholds
+
+    def _update_thresholds(self) -> None:
+        fg_fraction = float(self.prior) * self.head_classes
         thr = THRESHOLD_RULES[self.rule](fg_fraction, self.class_counts.clone())
         self.score_thresholds.copy_(thr.to(self.score_thresholds.dtype))
 

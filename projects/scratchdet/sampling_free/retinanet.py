@@ -55,6 +55,10 @@ class SamplingFreeRetinaNet(RetinaNet):
         super().__init__(test_nms_thresh=test_nms_thresh, **kwargs)
         self.guided_loss = GuidedLossScaler(guided_loss_scale)
         self.prior_state = PriorState(self.num_classes, self.num_classes, threshold_rule)
+        # when set ((K,) tensor), inference keeps every candidate scoring above it instead of
+        # applying the adaptive thresholds: the evaluator then filters one set of raw
+        # detections at several thresholds (scratchdet.evaluation.score_floor)
+        self.score_floor = None
 
     @classmethod
     def from_config(cls, cfg):
@@ -101,7 +105,10 @@ class SamplingFreeRetinaNet(RetinaNet):
 
     # -- inference ------------------------------------------------------------------
     def score_thresholds(self) -> torch.Tensor:
-        """(K,) thresholds used at inference: adaptive when the prior is set."""
+        """(K,) thresholds used at inference: adaptive when the prior is set, else
+        ``test_score_thresh``; ``score_floor`` replaces both while it is set."""
+        if self.score_floor is not None:
+            return self.score_floor
         if self.prior_state.is_set:
             return self.prior_state.thresholds()
         return torch.full((self.num_classes,), float(self.test_score_thresh),
