@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,3 +216,63 @@ def test_eval_only_refuses_a_missing_checkpoint(tmp_path):
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and str(missing) in p.stderr
     assert not os.path.exists(tmp_path / RESULTS_FILE)
+
+
+def _write_tiny_voc(root, class_names):
+    """A VOC-layout directory: 4 images, two objects each (one per class)."""
+    import cv2
+
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    ids = [f"img{i}" for i in range(4)]
+    for i, fid in enumerate(ids):
+        cv2.imwrite(os.path.join(root, "JPEGImages", fid + ".jpg"),
+                    np.full((120, 160, 3), 127, np.uint8))
+        objs = "".join(
+            f"<object><name>{c}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>0</difficult><bndbox><xmin>{x}</xmin>"
+            f"<ymin>{20 + i}</ymin><xmax>{x + 40}</xmax><ymax>{70 + i}</ymax></bndbox></object>"
+            for c, x in zip(class_names, (10, 90)))
+        with open(os.path.join(root, "Annotations", fid + ".xml"), "w") as f:
+            f.write(f"<annotation><filename>{fid}.jpg</filename><size><width>160</width>"
+                    f"<height>120</height><depth>3</depth></size>{objs}</annotation>")
+    with open(os.path.join(root, "ImageSets", "Main", "test.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+
+
+def test_voc_configs_use_the_pascal_voc_evaluator_and_the_comparison_scores_it(tmp_path):
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_pascal_voc
+    from detectron2.evaluation import PascalVOCDetectionEvaluator
+    from detectron2.structures import Boxes, Instances
+
+    from scratchdet.evaluation import ThresholdComparisonEvaluator
+
+    for path in glob.glob(os.path.join(REPO, "configs", "VOC", "*.py")):
+        cfg = load_config(path)
+        assert cfg.dataloader.evaluator._target_ is PascalVOCDetectionEvaluator, path
+
+    classes = ["circle", "square"]
+    _write_tiny_voc(str(tmp_path), classes)
+    register_pascal_voc("scratchdet_tiny_voc_test", str(tmp_path), "test", 2007, classes)
+    dicts = DatasetCatalog.get("scratchdet_tiny_voc_test")
+    thresholds = {"adaptive": torch.full((2,), 0.005), "0.05": torch.full((2,), 0.05)}
+    ev = ThresholdComparisonEvaluator(
+        {k: PascalVOCDetectionEvaluator("scratchdet_tiny_voc_test") for k in thresholds},
+        thresholds, primary="adaptive")
+    ev.reset()
+    for i, d in enumerate(dicts):
+        inst = Instances((d["height"], d["width"]))
+        boxes = [a["bbox"] for a in d["annotations"]] + [[0.0, 0.0, 5.0, 5.0]]
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]] + [0])
+        # half of the objects score under 0.05, the false positive lowest of all
+        inst.scores = torch.tensor([0.9 if i % 2 else 0.02, 0.9, 0.01])
+        ev.process([{"image_id": d["image_id"]}], [{"instances": inst}])
+    res = ev.evaluate()
+    assert set(res) == {"bbox", "bbox@0.05"}
+    assert res["bbox"]["AP50"] == pytest.approx(100.0)
+    # at 0.05 half the circles are lost: VOC07 11-point AP of recall 0.5 at precision 1
+    assert res["bbox@0.05"]["AP50"] == pytest.approx((100 + 100 * 6 / 11) / 2, abs=0.01)
+    rows = ev.last_table.splitlines()[2:]  # the side-by-side table: one row per threshold
+    assert "adaptive" in rows[0] and "100.000" in rows[0] and "77.273" in rows[1]
