@@ -126,7 +126,8 @@ class AnchorCounter:
         if grid not in self._anchors:
             with torch.no_grad():
                 per_level = self.anchor_generator._grid_anchors([list(g) for g in grid])
-            self._anchors[grid] = Boxes(torch.cat(per_level))
+            # counted on the CPU, whatever device the model (and its cell anchors) is on
+            self._anchors[grid] = Boxes(torch.cat(per_level).cpu())
         return self._anchors[grid]
 
     def count(self, boxes: np.ndarray, classes: np.ndarray, height: int, width: int):
