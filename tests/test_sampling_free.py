@@ -29,7 +29,8 @@ from scratchdet.sampling_free import (
     guided_scale,
     initialize_priors,
 )
-from scratchdet.sampling_free.prior import load_or_count
+from scratchdet.sampling_free import prior_heads
+from scratchdet.sampling_free.prior import _image_gt, load_or_count, resize_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SF_DEMO = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
@@ -105,6 +106,67 @@ def test_counts_equal_a_hand_count():
     c3 = count_dataset(big, _tiny_counter(),
                        [T.ResizeShortestEdge((32, 64), 1000, sample_style="choice")], 2, False)
     assert c3.num_valid == 8 + 2 * 16
+
+
+def _random_counter(rng):
+    strides = sorted(int(x) for x in rng.choice([4, 8, 16, 32], rng.integers(1, 4), replace=False))
+    sizes = [[float(s * rng.choice([1, 2, 4])), float(s * rng.choice([3, 5]))] for s in strides]
+    gen = DefaultAnchorGenerator(sizes=sizes, aspect_ratios=[[0.5, 1.0, 2.0]] * len(strides),
+                                 strides=strides, offset=float(rng.choice([0.0, 0.5])))
+    low, high = sorted(rng.uniform(0.2, 0.8, 2))
+    matcher = Matcher([low, high], [0, -1, 1], allow_low_quality_matches=bool(rng.integers(2)))
+    return AnchorCounter(gen, matcher, 3, size_divisibility=int(rng.choice([0, 32])))
+
+
+def _random_boxes(rng, h, w):
+    """Boxes of every kind a messy dataset has: ordinary, tiny, huge, partly or wholly
+    outside the image, zero or negative area, duplicates with another class."""
+    n = int(rng.integers(0, 10))
+    xy = rng.uniform(-0.2, 1.1, (n, 2)) * [w, h]
+    wh = rng.uniform(0.5, 1.0, (n, 2)) * [w, h] * rng.choice([0.01, 0.1, 0.4, 1.2], (n, 1))
+    boxes = np.concatenate([xy, xy + wh], 1)
+    extra = [[5, 5, 5, 30], [10, 10, 4, 20], [w * 2, h * 2, w * 3, h * 3], [0, 0, w, h],
+             [1.0, 1.0, 1.5, 1.4]]
+    boxes = np.concatenate([boxes, np.array(extra)[rng.random(len(extra)) < 0.3].reshape(-1, 4)])
+    if len(boxes) and rng.random() < 0.5:
+        boxes = np.concatenate([boxes, boxes[:1]])  # a duplicate, maybe of another class
+    return boxes, rng.integers(0, 3, len(boxes))
+
+
+def test_sparse_counting_equals_the_dense_matcher_on_random_boxes():
+    """The fast path labels exactly the anchors Detectron2's Matcher labels on the full
+    IoU matrix, for random anchor layouts, thresholds, low-quality rule and boxes."""
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(40):
+        counter = _random_counter(rng)
+        assert counter.sparse
+        items = []
+        for _ in range(int(rng.integers(1, 6))):
+            h, w = (int(x) for x in rng.integers(20, 160, 2))
+            boxes, classes = _random_boxes(rng, h, w)
+            items.append(counter.make_item(boxes, classes, h, w, int(rng.integers(1, 3))))
+        fg, valid, per_class = counter.count_items(items)
+        dense = [counter._dense_item(it) for it in items]
+        assert fg.tolist() == [d[0] for d in dense]
+        assert valid.tolist() == [d[1] for d in dense]
+        assert per_class.tolist() == sum(it.weight * d[2] for it, d in zip(items, dense)).tolist()
+        checked += int(fg.sum() > 0)
+    assert checked > 20  # the cases have foreground to get wrong
+
+
+def test_sparse_anchor_boxes_are_detectron2s_bit_for_bit():
+    gen = DefaultAnchorGenerator(sizes=[[32, 40], [64, 80], [128, 161]],
+                                 aspect_ratios=[[0.5, 1.0, 2.0]] * 3, strides=[8, 16, 32],
+                                 offset=0.5)
+    counter = AnchorCounter(gen, Matcher([0.4, 0.5], [0, -1, 1], True), 2)
+    grid = counter.grid_sizes(301, 517)
+    want = gen._grid_anchors([list(g) for g in grid])
+    for lvl, ((h, w), anchors) in enumerate(zip(grid, want)):
+        cells = np.flatnonzero(counter._cell_level == lvl)
+        iy, ix, a = np.meshgrid(np.arange(h), np.arange(w), np.arange(len(cells)), indexing="ij")
+        got = counter._anchor_boxes(cells[a.ravel()], ix.ravel(), iy.ravel())
+        assert np.array_equal(got, anchors.numpy())
 
 
 def test_cache_reused_and_invalidated(tmp_path, monkeypatch):
@@ -206,6 +268,58 @@ def test_coco_mini_priors_match_the_papers_order(coco_mini):
     cfg = _coco_mini_cfg("sampling_free_faster_rcnn_R_50_FPN_1x.py", coco_mini)
     p = estimate_priors(cfg, instantiate(cfg.model), progress=False)["rpn"].prior
     assert 2e-5 < p < 2e-3, p  # paper: 2e-4 for the RPN
+
+
+@pytest.mark.parametrize("config", ["sampling_free_retinanet_R_50_FPN_1x.py",
+                                    "sampling_free_faster_rcnn_R_50_FPN_1x.py"])
+def test_counts_equal_the_labels_training_gives(coco_mini, config):
+    """On real COCO images through Detectron2's train mapper, the estimator's counts are
+    those of the model's own anchor labelling (RetinaNet's and the RPN's
+    ``label_and_sample_anchors`` / ``label_anchors``); and its fast path equals the dense
+    Matcher on every (image, size) of the config's multi-scale training."""
+    from detectron2.data import DatasetMapper
+
+    cfg = _coco_mini_cfg(config, coco_mini)
+    model = instantiate(cfg.model).eval()
+    dicts = instantiate(cfg.dataloader.train.dataset)[:6]
+    (name, gen, matcher, head_classes, owner), = prior_heads(model)
+    counter = AnchorCounter(gen, matcher, 80, model.backbone.size_divisibility)
+    assert counter.sparse
+    # one fixed size and no flip, so that the mapper's output is the counted image
+    augs = [T.ResizeShortestEdge(640, 1333)]
+    mapper = DatasetMapper(is_train=True, augmentations=augs, image_format="BGR")
+    fg = valid = 0
+    per_class = np.zeros(80, np.int64)
+    for d in dicts:
+        inst = mapper(dict(d))["instances"]
+        anchors = [Boxes(a) for a in gen._grid_anchors(
+            [list(g) for g in counter.grid_sizes(*inst.image_size)])]
+        with torch.no_grad():
+            if name == "retinanet":
+                labels = model.label_anchors(anchors, [inst])[0][0]
+                is_fg = (labels >= 0) & (labels < 80)
+                per_class += np.bincount(labels[is_fg].numpy(), minlength=80)
+            else:
+                labels = owner.label_and_sample_anchors(anchors, [inst])[0][0]
+                is_fg = labels == 1
+        fg += int(is_fg.sum())
+        valid += int((labels != -1).sum())
+    c = count_dataset(dicts, counter, augs, head_classes, progress=False)
+    assert (c.num_foreground, c.num_valid) == (fg, valid) and fg > 0
+    if name == "retinanet":
+        assert c.per_class == per_class.tolist()
+    # the config's own multi-scale sizes: fast path == dense Matcher, item by item
+    items = []
+    train_augs = list(instantiate(cfg.dataloader.train.mapper.augmentations))
+    for d in dicts:
+        boxes, classes = _image_gt(d)
+        for (h, w), n in resize_options(train_augs, d["height"], d["width"]):
+            scale = np.array([w / d["width"], h / d["height"]] * 2)
+            items.append(counter.make_item(boxes * scale, classes, h, w, n))
+    fg_s, valid_s, pc_s = counter.count_items(items)
+    dense = [counter._dense_item(it) for it in items]
+    assert fg_s.tolist() == [x[0] for x in dense] and valid_s.tolist() == [x[1] for x in dense]
+    assert pc_s.tolist() == sum(it.weight * x[2] for it, x in zip(items, dense)).tolist()
 
 
 def test_estimate_prior_tool_two_processes_equal_one(coco_mini, tmp_path):
