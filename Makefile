@@ -18,8 +18,10 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# --overwrite: a second `make demo` trains again into output/demo (tools/demo.py refuses a
+# directory with checkpoints without it)
 demo: $(STAMP)
-	$(PY) tools/demo.py --output output/demo
+	$(PY) tools/demo.py --output output/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -88,13 +88,13 @@ def train_briefly(args, out_dir: str, imgs) -> Dict:
     ``args.spread_score`` and median number of scores above 0.05 <= ``args.max_candidates``)
     or for ``args.train_iters`` iterations; saved in ``out_dir``."""
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import instantiate
     from detectron2.data import build_detection_train_loader
     from detectron2.data.samplers import TrainingSampler
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.events import EventStorage
 
+    from scratchdet.engine.checkpoint import AtomicCheckpointer
     from scratchdet.sampling_free import initialize_priors
 
     cfg = common.load_config(LAZY, [f"train.device={args.device}"])
@@ -156,7 +156,7 @@ def train_briefly(args, out_dir: str, imgs) -> Dict:
     train_seconds = time.perf_counter() - t0
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
-    DetectionCheckpointer(model, save_dir=out_dir).save("model_benchmark")
+    AtomicCheckpointer(model, save_dir=out_dir).save("model_benchmark")
     return {"weights": os.path.join(out_dir, "model_benchmark.pth"), "trained_here": True,
             "train_iters_max": args.train_iters, "train_iters": len(losses),
             "spread_score": args.spread_score, "max_candidates": args.max_candidates,

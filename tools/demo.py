@@ -34,6 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import scratchdet  # noqa: E402,F401
 from scratchdet.engine import build_model, do_train, load_config  # noqa: E402
+from scratchdet.engine.checkpoint import check_output_dir  # noqa: E402
 
 # Sampling-Free beat focal loss on the embedded data at equal wall time (see README)
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
@@ -66,6 +67,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", default=DEFAULT_CONFIG)
     p.add_argument("--output", default="output/demo")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in OUTPUT/train")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train again even if OUTPUT/train holds checkpoints, replacing them "
+                        "(without it or --resume, such a directory is refused)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = p.parse_args(argv)
 
@@ -73,11 +79,12 @@ def main(argv=None):
     logger = setup_logger(name="scratchdet")
     cfg = load_config(args.config_file, args.opts)
     cfg.train.output_dir = os.path.join(args.output, "train")
+    check_output_dir(cfg.train.output_dir, resume=args.resume, overwrite=args.overwrite)
     os.makedirs(cfg.train.output_dir, exist_ok=True)
     torch.manual_seed(cfg.get("seed", 0) if hasattr(cfg, "get") else 0)
 
     model = build_model(cfg)
-    results = do_train(cfg, model)
+    results = do_train(cfg, model, resume=args.resume)
     if not results or "bbox" not in results:
         raise RuntimeError("training finished without a COCO evaluation; "
                            "set train.eval_period so that the last iteration evaluates")

@@ -6,12 +6,15 @@ LR scheduler, periodic checkpointer, evaluation hook, console/JSON/TensorBoard w
 datasets registered from the config, CPU multi-process training over GLOO, and the final
 evaluation results returned to the caller.
 """
+import ast
+import difflib
 import json
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
@@ -31,20 +34,180 @@ from detectron2.utils.logger import setup_logger
 from ..data import register_datasets_from_config
 from ..evaluation import AdaptiveThresholdEvalHook, build_threshold_comparison, score_floor
 from ..sampling_free import PriorInitHook
+from .checkpoint import AtomicCheckpointer, check_output_dir
 
-__all__ = ["load_config", "build_model", "do_test", "do_train", "RESULTS_FILE"]
+__all__ = ["load_config", "apply_overrides", "build_model", "do_test", "do_train",
+           "ConfigOverrideError", "RESULTS_FILE"]
 
 RESULTS_FILE = "evaluation_results.json"  # in train.output_dir: the last evaluation
 
 logger = logging.getLogger("scratchdet")
 
 
+class ConfigOverrideError(KeyError):
+    """A command-line override names no key of the config, or gives a value of the wrong
+    type. A ``KeyError`` (as Detectron2 raises for a bad override) with a readable message."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+_ABSENT = object()
+# a config's ``datasets`` mapping is a registry: overrides may add entries to it
+# (``datasets.NAME.json_file=... datasets.NAME.image_root=...``, see the README)
+_DATASET_FIELDS = ("json_file", "image_root")
+
+
+def _parse_overrides(overrides: Sequence[str]) -> List[Tuple[str, str, Any, str]]:
+    """``(override, key, value, kind)`` for each ``key=value`` (Hydra's override grammar);
+    kind is ``"change"``, ``"add"`` (``+key=value``) or ``"force_add"`` (``++key=value``)."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+    except ImportError:  # the subset Detectron2 supports without Hydra
+        out = []
+        for line in overrides:
+            kind = "force_add" if line.startswith("++") else "add" if line.startswith("+") \
+                else "change"
+            if "=" not in line:
+                raise ConfigOverrideError(f"override {line!r} is not of the form key=value")
+            key, value = line.lstrip("+").split("=", 1)
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                pass
+            out.append((line, key, value, kind))
+        return out
+    out = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.is_delete():
+            raise NotImplementedError(f"override {o.input_line!r}: deleting a key is not supported")
+        kind = "force_add" if o.is_force_add() else "add" if o.is_add() else "change"
+        out.append((o.input_line, o.key_or_group, o.value(), kind))
+    return out
+
+
+def _lookup(cfg, key: str):
+    try:
+        return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+    except Exception:  # e.g. an index into something that is no list
+        return _ABSENT
+
+
+def _is_new_dataset_entry(cfg, key: str) -> bool:
+    """``datasets.NAME.json_file`` / ``.image_root`` for a dataset NAME the config lacks."""
+    parts = key.split(".")
+    return (len(parts) == 3 and parts[0] == "datasets" and parts[2] in _DATASET_FIELDS
+            and _lookup(cfg, f"datasets.{parts[1]}") is _ABSENT)
+
+
+def _unknown_key_message(cfg, line: str, key: str, where: str) -> str:
+    parts = key.split(".")
+    parent, i = cfg, 0
+    for i, part in enumerate(parts):  # the deepest existing prefix
+        child = _lookup(cfg, ".".join(parts[:i + 1]))
+        if child is _ABSENT:
+            break
+        parent = child
+    prefix = ".".join(parts[:i])
+    msg = f"override {line!r}{where}: unknown config key {key!r}"
+    if not OmegaConf.is_config(parent):
+        return msg + f" ({prefix} is a {type(parent).__name__}, not a config with keys)"
+    msg += f" ({prefix or 'the config'} has no key {parts[i]!r}"
+    keys = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
+    close = [".".join(parts[:i] + [c])
+             for c in difflib.get_close_matches(parts[i], keys, n=3, cutoff=0.6)]
+    if not close and i == len(parts) - 1:  # a leaf misplaced or misspelled: look deeper
+        nested = {k.rpartition(".")[2]: k for k in _nested_keys(parent, prefix)}
+        close = [nested[c] for c in difflib.get_close_matches(parts[i], list(nested), n=3,
+                                                               cutoff=0.6)]
+    if close:
+        msg += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    msg += f"). To add a new key on purpose, write +{key}=..."
+    if parts[0] == "datasets":
+        msg += " (a new dataset is datasets.NAME.json_file=... datasets.NAME.image_root=...)"
+    return msg
+
+
+def _nested_keys(node, prefix: str, depth: int = 3) -> List[str]:
+    """Dotted keys below ``node`` (``depth`` levels), for "did you mean" suggestions."""
+    out = []
+    if depth == 0 or not isinstance(node, DictConfig):
+        return out
+    for k in node.keys():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.append(key)
+        out.extend(_nested_keys(_lookup(node, str(k)), key, depth - 1))
+    return out
+
+
+def _check_type(line: str, key: str, old, new, where: str):
+    """``new`` if it has the type of ``old`` (for bool/int/float/str values; an int is
+    accepted, as a float, for a float; ``null`` for any), else ConfigOverrideError."""
+    if new is None or old is None or not isinstance(old, (bool, int, float, str)):
+        return new
+    if isinstance(old, bool):
+        ok, expected = isinstance(new, bool), "bool"
+    elif isinstance(old, int):
+        ok, expected = isinstance(new, int) and not isinstance(new, bool), "int"
+    elif isinstance(old, float):
+        ok, expected = isinstance(new, (int, float)) and not isinstance(new, bool), "float"
+        if ok:
+            new = float(new)
+    else:
+        ok, expected = isinstance(new, str), "str"
+    if ok:
+        return new
+    hint = f"; quote it for a string: {key}='{new}'" if expected == "str" else ""
+    article = "an" if expected == "int" else "a"
+    raise ConfigOverrideError(
+        f"override {line!r}{where}: {key} expects {article} {expected} (it is {old!r}), "
+        f"got {new!r} of type {type(new).__name__}{hint}")
+
+
+def apply_overrides(cfg, overrides: Sequence[str] = (), config_file: str = ""):
+    """
+    Detectron2's ``LazyConfig.apply_overrides`` (Hydra syntax), but strict: every key must
+    exist in the config unless the override adds it on purpose (``+key=value``, or
+    ``++key=value`` to add or change) or registers a new dataset
+    (``datasets.NAME.json_file=...``, ``datasets.NAME.image_root=...``), and a value that
+    replaces a bool/int/float/str must have its type (an int is accepted for a float,
+    ``null`` for anything). All overrides are checked before any is applied; a bad one
+    raises :class:`ConfigOverrideError` naming it, the key and the expected type.
+    """
+    where = f" (config {config_file})" if config_file else ""
+    checked = []
+    for line, key, value, kind in _parse_overrides(overrides):
+        old = _lookup(cfg, key)
+        if old is _ABSENT:
+            if kind == "change" and not _is_new_dataset_entry(cfg, key):
+                raise ConfigOverrideError(_unknown_key_message(cfg, line, key, where))
+            parent_key = key.rpartition(".")[0]
+            parent = _lookup(cfg, parent_key) if parent_key else cfg
+            if parent is not _ABSENT and not OmegaConf.is_config(parent):
+                raise ConfigOverrideError(
+                    f"override {line!r}{where}: cannot add {key!r}: {parent_key} is a "
+                    f"{type(parent).__name__}, not a config with keys")
+        elif kind == "add":
+            raise ConfigOverrideError(
+                f"override {line!r}{where}: {key} already exists (it is {old!r}); drop "
+                f"the '+' to change it")
+        else:
+            value = _check_type(line, key, old, value, where)
+        checked.append((key, value))
+    for key, value in checked:
+        OmegaConf.update(cfg, key, value, merge=True)
+    return cfg
+
+
 def load_config(config_file: str, overrides=()):
-    """LazyConfig.load + overrides; registers the config's ``datasets`` entries."""
+    """
+    ``LazyConfig.load`` + :func:`apply_overrides` (strict: unknown keys and values of the
+    wrong type are errors); registers the config's ``datasets`` entries.
+    """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
     cfg = LazyConfig.load(config_file)
-    cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    cfg = apply_overrides(cfg, list(overrides), config_file=config_file)
     register_datasets_from_config(cfg.get("datasets", None))
     return cfg
 
@@ -108,6 +271,18 @@ def _write_results(cfg, record: Dict) -> str:
     return path
 
 
+def _sync_buffers(model) -> None:
+    """With several processes, give every process rank 0's buffers (BatchNorm running
+    statistics, the prior): DDP here does not broadcast buffers (``train.ddp``), so each
+    process's BN statistics follow its own images, while checkpoints hold rank 0's. A
+    distributed evaluation then scores exactly the model the checkpoint holds."""
+    if comm.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for b in model.buffers():
+            torch.distributed.broadcast(b, src=0)
+
+
 def do_test(cfg, model, checkpoint: Optional[str] = None,
             iteration: Optional[int] = None) -> Dict:
     """
@@ -123,6 +298,7 @@ def do_test(cfg, model, checkpoint: Optional[str] = None,
     if "evaluator" not in cfg.dataloader:
         return {}
     loader = instantiate(cfg.dataloader.test)  # builds (and if needed generates) the data
+    _sync_buffers(model)
     at = _adaptive_threshold_cfg(cfg)
     thresholds = {}
     if at is None:
@@ -150,10 +326,68 @@ def do_test(cfg, model, checkpoint: Optional[str] = None,
     return results
 
 
+class _GuardedTrainerMixin:
+    """
+    What a diverged run needs from Detectron2's trainers:
+
+    - a non-finite loss stops training with ``FloatingPointError`` naming the iteration
+      and the value of every loss term, checked on every iteration and every process
+      before the optimizer step (Detectron2 checks the averaged losses on the main process
+      only, every ``gather_metric_period`` iterations);
+    - after a failed iteration no hook evaluates the model: Detectron2's ``EvalHook``
+      evaluates in ``after_train`` also when the *last* iteration failed.
+    """
+
+    def _write_metrics(self, loss_dict, data_time: float, prefix: str = "", iter=None):
+        it = self.iter if iter is None else iter
+        values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()]) \
+            if loss_dict else None
+        if values is not None and not bool(torch.isfinite(values).all()):
+            terms = ", ".join(f"{k}={float(v):.6g}" for k, v in zip(loss_dict, values.cpu()))
+            raise FloatingPointError(
+                f"loss became non-finite at iteration {it}: {terms} (total "
+                f"{float(values.sum()):.6g}); training stopped before this iteration's "
+                "optimizer step, no checkpoint is written after it")
+        super()._write_metrics(loss_dict, data_time, prefix, iter)
+
+    def after_train(self):
+        if self.iter >= self.max_iter:  # TrainerBase.train: the loop ran to its end
+            return super().after_train()
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            if not isinstance(h, hooks.EvalHook):
+                h.after_train()
+
+
+class GuardedSimpleTrainer(_GuardedTrainerMixin, SimpleTrainer):
+    """:class:`SimpleTrainer` with the non-finite loss check (see _GuardedTrainerMixin)."""
+
+
+class GuardedAMPTrainer(_GuardedTrainerMixin, AMPTrainer):
+    """:class:`AMPTrainer` with the non-finite loss check (see _GuardedTrainerMixin)."""
+
+
+def _log_resume(checkpointer, trainer, optim, model) -> None:
+    """What ``--resume`` restored, for the log (and for the person reading it)."""
+    sched = trainer.state_dict().get("hooks", {}).get("LRScheduler", {})
+    prior = {k: float(v) for k, v in model.state_dict().items()
+             if k.endswith("prior_state.prior") and v.numel() == 1}
+    logger.info(
+        "resumed from %s: iteration %d, optimizer state for %d parameters, lr %s, "
+        "scheduler %s, prior %s", checkpointer.resumed_from, trainer.iter,
+        len(optim.state_dict()["state"]), [g["lr"] for g in optim.param_groups][:1],
+        sched or "rebuilt from the iteration", prior or "none")
+
+
 def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
     """
     Train ``model`` as ``cfg.train`` says; returns the last evaluation's results
     (``None`` when no evaluation ran).
+
+    Checkpoints are written atomically (:class:`AtomicCheckpointer`), never of a model with
+    non-finite weights; with ``resume`` training continues from the newest complete
+    checkpoint in ``train.output_dir`` (iteration, optimizer, LR scheduler, model buffers
+    such as a Sampling-Free prior). A non-finite loss raises ``FloatingPointError``.
     """
     model.train()
     cfg.optimizer.params.model = model
@@ -164,9 +398,9 @@ def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
     if _device(cfg) == "cpu":
         ddp_kwargs["device_ids"] = None  # CPU processes (GLOO): no device ids
     model = create_ddp_model(model, **ddp_kwargs)
-    trainer_cls = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
+    trainer_cls = GuardedAMPTrainer if cfg.train.amp.enabled else GuardedSimpleTrainer
     trainer = trainer_cls(model, train_loader, optim)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last_results = {}
 
     def test_and_remember():
@@ -197,17 +431,30 @@ def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
         ) if comm.is_main_process() else None,
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    if checkpointer.resumed_from:
+        start_iter = trainer.iter + 1
+        _log_resume(checkpointer, trainer, optim, model)
+    else:
+        start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
     return dict(last_results) if last_results else None
 
 
 def main(args):
-    """Entry point used by ``train_net.py`` (runs in every launched process)."""
+    """
+    Entry point used by ``train_net.py`` (runs in every launched process). Before anything
+    is written, the overrides are checked (:func:`load_config`) and a training run refuses
+    an output directory that holds checkpoints unless ``args.resume`` or
+    ``args.overwrite`` (:func:`check_output_dir`).
+    """
     cfg = load_config(args.config_file, args.opts)
+    if not args.eval_only:
+        check_output_dir(cfg.train.output_dir, resume=args.resume,
+                         overwrite=getattr(args, "overwrite", False))
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="scratchdet")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, comm.get_local_size())))
+    if not os.environ.get("OMP_NUM_THREADS"):  # the user's setting wins
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, comm.get_local_size())))
     model = build_model(cfg)
     logger.info("Model:\n{}".format(model))
     if args.eval_only:

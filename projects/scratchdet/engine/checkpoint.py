@@ -1,0 +1,218 @@
+"""Crash-safe checkpoints for ``train_net.py`` and the demo.
+
+:class:`AtomicCheckpointer` is Detectron2's :class:`DetectionCheckpointer` with three
+guarantees that a killed or diverged run needs:
+
+- a checkpoint (``<name>.pth``) and the ``last_checkpoint`` tag are written to a temporary
+  file in the same directory, flushed, fsynced and then renamed over the final name
+  (``os.replace``), so a process killed in the middle of a write leaves the previous files
+  as they were and never a truncated file under a checkpoint's name;
+- a model with non-finite weights or buffers is never saved: :meth:`save` raises
+  ``FloatingPointError`` (naming the iteration, the tensors and the iteration's losses)
+  and the last good checkpoint stays the last one on disk;
+- ``resume_or_load(..., resume=True)`` skips a ``last_checkpoint`` that names a missing or
+  unreadable file (with a warning) and resumes from the newest complete ``model_*.pth``.
+
+:func:`check_output_dir` is the guard that keeps a new run from overwriting the
+checkpoints of an earlier one.
+"""
+import glob
+import logging
+import os
+import zipfile
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.events import get_event_storage
+
+__all__ = ["AtomicCheckpointer", "atomic_write", "check_output_dir", "existing_checkpoints",
+           "is_complete_checkpoint", "LAST_CHECKPOINT"]
+
+LAST_CHECKPOINT = "last_checkpoint"  # the tag file Detectron2's Checkpointer resumes from
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write(path: str, write, mode: str = "wb") -> None:
+    """
+    Call ``write(f)`` on a temporary file next to ``path`` (``path + ".tmp"``), flush and
+    fsync it, then ``os.replace`` it over ``path`` (and fsync the directory): readers see
+    the old file or the complete new one, never a partial write.
+    """
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """
+    Whether ``path`` is a complete checkpoint file: torch's zip format with an intact
+    central directory and CRCs (a truncated or partly written file fails), or for a
+    legacy (non-zip) file, one that ``torch.load`` reads.
+    """
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return z.testzip() is None
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:
+        return False
+
+
+def existing_checkpoints(output_dir: str) -> List[str]:
+    """The checkpoint files (``*.pth`` and ``last_checkpoint``) in ``output_dir``, sorted."""
+    if not output_dir or not os.path.isdir(output_dir):
+        return []
+    names = [n for n in os.listdir(output_dir)
+             if n == LAST_CHECKPOINT or n.endswith(".pth")]
+    return sorted(n for n in names if os.path.isfile(os.path.join(output_dir, n)))
+
+
+def check_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False) -> None:
+    """
+    Refuse to train into a directory that already holds checkpoints unless the caller
+    resumes from them (``--resume``) or explicitly overwrites them (``--overwrite``).
+    Raises ``FileExistsError`` naming the directory and the files; touches nothing.
+    """
+    if resume or overwrite:
+        return
+    found = existing_checkpoints(output_dir)
+    if found:
+        raise FileExistsError(
+            f"output directory {output_dir!r} already holds checkpoints ({', '.join(found)}); "
+            "pass --resume to continue from them or --overwrite to train again and "
+            "replace them (or choose another train.output_dir)")
+
+
+def _non_finite(state: Dict[str, Any]) -> List[str]:
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()
+            and not bool(torch.isfinite(v).all())]
+
+
+def _current_losses() -> Dict[str, float]:
+    """The losses recorded at the current iteration of the active EventStorage, if any."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no EventStorage: not inside a training loop
+        return {}
+    return {k: v for k, (v, it) in sorted(storage.latest().items())
+            if it == storage.iter and ("loss" in k)}
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """
+    :class:`DetectionCheckpointer` whose writes are atomic, which refuses to save a model
+    with non-finite tensors, and which resumes from the newest complete checkpoint when
+    ``last_checkpoint`` names a missing or unreadable file (see the module docstring).
+    After :meth:`resume_or_load`, :attr:`resumed_from` is the checkpoint resumed from
+    (``None`` when the run starts afresh).
+    """
+
+    resumed_from: Optional[str] = None
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Like :meth:`Checkpointer.save`, but atomic, and it raises ``FloatingPointError``
+        instead of saving a model with NaN/inf weights or buffers."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        bad = _non_finite(data["model"])
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        if bad:
+            losses = ", ".join(f"{k}={v:.6g}" for k, v in _current_losses().items())
+            last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            raise FloatingPointError(
+                f"iteration {kwargs.get('iteration', '?')}: the model has non-finite "
+                f"values in {len(bad)} tensor(s) ({', '.join(bad[:5])}"
+                f"{', ...' if len(bad) > 5 else ''}) after the optimizer step; losses at "
+                f"this iteration: {losses or 'not recorded'}. Not saving {save_file}; the "
+                f"last checkpoint on disk stays {last or 'none'}. Lower the learning rate "
+                "or enable gradient clipping.")
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        assert os.path.basename(save_file) == basename, basename
+        self.logger.info("Saving checkpoint to {}".format(save_file))
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``last_checkpoint`` atomically."""
+        atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT),
+                     lambda f: f.write(last_filename_basename), mode="w")
+
+    def _newest_complete(self, exclude: str = "") -> str:
+        """The newest (by modification time) complete ``model_*.pth`` in save_dir."""
+        files = [f for f in glob.glob(os.path.join(self.save_dir, "model_*.pth"))
+                 if not exclude or os.path.abspath(f) != os.path.abspath(exclude)]
+        for f in sorted(files, key=lambda f: (os.path.getmtime(f), f), reverse=True):
+            if is_complete_checkpoint(f):
+                return f
+            logger.warning("skipping incomplete or unreadable checkpoint %s", f)
+        return ""
+
+    def resumable_checkpoint(self) -> str:
+        """
+        The checkpoint ``--resume`` continues from: the file ``last_checkpoint`` names when
+        it is complete, else (with a warning) the newest complete ``model_*.pth``; ``""``
+        when there is none.
+        """
+        if not self.save_dir:
+            return ""
+        tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        if tagged and is_complete_checkpoint(tagged):
+            return tagged
+        fallback = self._newest_complete(exclude=tagged)
+        if tagged:
+            why = "does not exist" if not os.path.exists(tagged) else \
+                "is incomplete or unreadable (a write interrupted?)"
+            logger.warning(
+                "%s names %s, which %s; resuming from %s instead",
+                os.path.join(self.save_dir, LAST_CHECKPOINT), tagged, why,
+                fallback or "nothing (training starts afresh)")
+        elif fallback:
+            logger.warning("no %s in %s; resuming from the newest complete checkpoint %s",
+                           LAST_CHECKPOINT, self.save_dir, fallback)
+        return fallback
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """
+        With ``resume``, load the model and all checkpointables (trainer: iteration,
+        optimizer, scheduler) from :meth:`resumable_checkpoint`; otherwise (or when there
+        is nothing to resume from) only the model weights from ``path``.
+        """
+        self.resumed_from = None
+        if resume:
+            ckpt = self.resumable_checkpoint()
+            if ckpt:
+                self.resumed_from = ckpt
+                return self.load(ckpt)
+        return self.load(path, checkpointables=[])
