@@ -87,20 +87,3 @@ def test_train_net_trains_and_evaluates_on_real_coco(tmp_path, coco_mini):
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(bbox)
     assert len([k for k in bbox if k.startswith("AP-")]) == 80
     assert rec["checkpoint"] == str(out / "model_final.pth") and rec["score_thresholds"] == {}
-
-
-def test_two_cpu_processes_with_gloo(tmp_path):
-    """Sampling-Free demo on 2 GLOO processes: the prior is counted in shards before the
-    first iteration, then training and evaluation run distributed."""
-    out = tmp_path / "out2"
-    p = _run(["--config-file", SF_DEMO, "--num-gpus", "2", "--dist-url", "auto",
-              "train.max_iter=4", "train.eval_period=4", "train.log_period=1",
-              "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-              f"train.output_dir={out}"], tmp_path)
-    records = _metrics(out)
-    assert max(r["iteration"] for r in records if "total_loss" in r) == 3
-    assert any("bbox/AP" in r and "bbox@0.05/AP" in r for r in records)
-    log = p.stdout + p.stderr
-    assert "on 2 devices" in log
-    assert "prior[retinanet]" in log
-    assert any("prior/retinanet" in r for r in records)

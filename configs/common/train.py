@@ -9,6 +9,9 @@ train = dict(
     eval_period=5000,
     log_period=20,
     device="cuda",
+    # random seed of every process (process r uses seed + r; DDP gives all of them rank
+    # 0's initial weights, and the data sampler rank 0's seed): -1 draws one per run
+    seed=-1,
     # the adaptive-threshold evaluation (scratchdet.evaluation.AdaptiveThresholdEvalHook):
     # before each evaluation set the test score thresholds from the model's prior with
     # `rule` ("global", "per_class", None = the model's own) and report AP at them and at

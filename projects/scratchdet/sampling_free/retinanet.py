@@ -11,6 +11,7 @@ from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .guided_loss import GuidedLossScaler
@@ -87,10 +88,10 @@ class SamplingFreeRetinaNet(RetinaNet):
         gt_labels = torch.stack(gt_labels)
         valid_mask = gt_labels >= 0
         pos_mask = valid_mask & (gt_labels != self.num_classes)
-        num_pos = pos_mask.sum().item()
+        num_pos = pos_mask.sum()
         storage = get_event_storage()
-        storage.put_scalar("num_pos_anchors", num_pos / num_images)
-        normalizer = self._ema_update("loss_normalizer", max(num_pos, 1), 100)
+        storage.put_scalar("num_pos_anchors", num_pos.item() / num_images)
+        normalizer = self._loss_normalizer(num_pos)
 
         target = F.one_hot(gt_labels[valid_mask], num_classes=self.num_classes + 1)[:, :-1]
         loss_cls = F.binary_cross_entropy_with_logits(
@@ -102,6 +103,22 @@ class SamplingFreeRetinaNet(RetinaNet):
         ) / normalizer
         storage.put_scalar("loss_cls_unscaled", float(loss_cls.detach()))
         return {"loss_cls": self.guided_loss(loss_cls, loss_box_reg), "loss_box_reg": loss_box_reg}
+
+    def _loss_normalizer(self, num_pos: torch.Tensor) -> float:
+        """
+        Detectron2's EMA of the number of positive anchors (initial value 100), made
+        independent of the number of processes: each of W processes divides by the EMA
+        of the positives of the *whole* batch over W (initial value 100 / W). The mean
+        of the processes' losses, and DDP's mean of their gradients, are then those of
+        one process on the whole batch (Detectron2 divides by each process's own count,
+        and early on, by 100 whatever the batch). With one process it is Detectron2's.
+        """
+        world = comm.get_world_size()
+        total = num_pos.detach().float()
+        if world > 1:
+            total = total.clone()
+            torch.distributed.all_reduce(total)
+        return self._ema_update("loss_normalizer", max(total.item(), 1.0) / world, 100 / world)
 
     # -- inference ------------------------------------------------------------------
     def score_thresholds(self) -> torch.Tensor:
