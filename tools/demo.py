@@ -35,6 +35,7 @@ sys.path.insert(0, REPO)
 import scratchdet  # noqa: E402,F401
 from scratchdet.engine import build_model, do_train, load_config  # noqa: E402
 from scratchdet.engine.checkpoint import check_output_dir  # noqa: E402
+from scratchdet.io import write_json_atomic  # noqa: E402
 
 # Sampling-Free beat focal loss on the embedded data at equal wall time (see README)
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
@@ -107,11 +108,7 @@ def main(argv=None):
         predictions=[os.path.relpath(x, args.output) for x in pngs],
         torch_threads=torch.get_num_threads(),
     )
-    path = os.path.join(args.output, "metrics.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, path)
+    path = write_json_atomic(os.path.join(args.output, "metrics.json"), metrics, indent=2)
     logger.info("demo metrics written to %s:\n%s", path, json.dumps(metrics, indent=2))
     print(json.dumps({k: metrics[k] for k in ["AP", "AP50", "APs", "APm", "APl",
                                               "AP_at_fixed_0.05", "iterations",

@@ -38,6 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import scratchdet  # noqa: E402,F401  (registers backbones, meta-architectures, datasets)
 from scratchdet.engine.predictor import build_predictor  # noqa: E402
+from scratchdet.io import write_json_atomic  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -87,13 +88,6 @@ def coco_results(instances, image_id, cat_map):
     return out
 
 
-def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,8 +128,8 @@ def main(argv=None):
         shown = inst[inst.scores >= args.vis_threshold]
         vis = Visualizer(img[:, :, ::-1], metadata).draw_instance_predictions(shown)
         cv2.imwrite(os.path.join(args.output, stem + ".png"), vis.get_image()[:, :, ::-1])
-    write_json(os.path.join(args.output, "detections.json"), results)
-    write_json(os.path.join(args.output, "images.json"), image_entries)
+    write_json_atomic(os.path.join(args.output, "detections.json"), results)
+    write_json_atomic(os.path.join(args.output, "images.json"), image_entries)
     print(f"{len(images)} images, {len(results)} detections -> {args.output}")
     return results
 

@@ -27,41 +27,14 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.events import get_event_storage
 
+from ..io import atomic_write
+
 __all__ = ["AtomicCheckpointer", "atomic_write", "check_output_dir", "existing_checkpoints",
            "is_complete_checkpoint", "LAST_CHECKPOINT"]
 
 LAST_CHECKPOINT = "last_checkpoint"  # the tag file Detectron2's Checkpointer resumes from
 
 logger = logging.getLogger(__name__)
-
-
-def atomic_write(path: str, write, mode: str = "wb") -> None:
-    """
-    Call ``write(f)`` on a temporary file next to ``path`` (``path + ".tmp"``), flush and
-    fsync it, then ``os.replace`` it over ``path`` (and fsync the directory): readers see
-    the old file or the complete new one, never a partial write.
-    """
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:  # e.g. a platform without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def is_complete_checkpoint(path: str) -> bool:

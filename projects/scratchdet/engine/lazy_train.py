@@ -8,7 +8,6 @@ evaluation results returned to the caller.
 """
 import ast
 import difflib
-import json
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -32,6 +31,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import register_datasets_from_config
+from ..io import write_json_atomic
 from ..evaluation import AdaptiveThresholdEvalHook, build_threshold_comparison, score_floor
 from ..sampling_free import PriorInitHook
 from .checkpoint import AtomicCheckpointer, check_output_dir
@@ -261,14 +261,7 @@ def _instantiate_evaluator(cfg, primary: bool):
 
 def _write_results(cfg, record: Dict) -> str:
     """Write ``record`` to train.output_dir/evaluation_results.json atomically."""
-    out_dir = cfg.train.output_dir
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, RESULTS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(os.path.join(cfg.train.output_dir, RESULTS_FILE), record, indent=2)
 
 
 def _sync_buffers(model) -> None:
