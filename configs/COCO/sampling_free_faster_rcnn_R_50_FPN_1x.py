@@ -4,6 +4,7 @@ at batch 16) with the Sampling-Free RPN and ROI heads. Paper: 36.8 -> 38.4 AP;
 Detectron2's sampled baseline is 37.9."""
 from detectron2.model_zoo import get_config
 
+from ..common.data.loader import name_image_errors
 from ..common.models.sampling_free import sampling_free_rcnn
 
 _base = get_config("common/models/mask_rcnn_fpn.py")
@@ -13,7 +14,7 @@ model.roi_heads.mask_pooler = None
 model.roi_heads.mask_head = None
 model.backbone.bottom_up.freeze_at = 2
 
-dataloader = get_config("common/data/coco.py").dataloader
+dataloader = name_image_errors(get_config("common/data/coco.py").dataloader)
 dataloader.train.mapper.use_instance_mask = False
 optimizer = get_config("common/optim.py").SGD
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x

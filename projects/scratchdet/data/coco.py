@@ -1,12 +1,16 @@
 """Register COCO-format datasets that live at any path, with errors that name the path."""
+import json
+import numbers
 import os
 import re
 from typing import Dict, List, Mapping, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
 
 __all__ = [
+    "check_coco_json",
+    "load_coco_checked",
     "register_coco_dataset",
     "register_datasets_from_config",
     "register_datasets_from_yacs",
@@ -21,12 +25,96 @@ def coco_mini_root() -> str:
     return os.path.abspath(os.environ.get("SCRATCHDET_COCO_MINI", default))
 
 
+def _not_coco(name: str, json_file: str, what: str) -> ValueError:
+    return ValueError(f"dataset {name!r}: annotation file {json_file!r} is not COCO "
+                      f"instances format: {what}")
+
+
+def _first_bad(entries, bad) -> Tuple[int, int, object]:
+    """(number of entries for which ``bad(entry)`` holds, index and entry of the first)."""
+    idx = [i for i, e in enumerate(entries) if bad(e)]
+    return len(idx), (idx[0] if idx else -1), (entries[idx[0]] if idx else None)
+
+
+def _is_box(b) -> bool:
+    return isinstance(b, (list, tuple)) and len(b) == 4 and \
+        all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in b)
+
+
+def check_coco_json(d, name: str, json_file: str) -> None:
+    """
+    Raise ``ValueError`` naming ``json_file``, the key and the first offending entry
+    unless ``d`` (the parsed JSON) is a COCO instances file as Detectron2's
+    ``load_coco_json`` reads it: an object whose ``images``, ``annotations`` and
+    ``categories`` are lists; every image with ``id``, ``file_name``, ``height`` and
+    ``width``; every category with ``id``; every annotation with an ``image_id`` among
+    the images' ids, a ``category_id`` among the categories' ids and a ``bbox`` of four
+    numbers (its area is not checked: the mapper clips and drops empty boxes).
+    """
+    if not isinstance(d, dict):
+        raise _not_coco(name, json_file, f"the top level is a JSON {type(d).__name__}, not an "
+                        "object with 'images', 'annotations' and 'categories'")
+    missing = [k for k in ("images", "annotations", "categories") if k not in d]
+    if missing:
+        raise _not_coco(name, json_file, f"missing key(s) {missing} (it has {sorted(d)[:10]})")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(d[key], list):
+            raise _not_coco(name, json_file, f"{key!r} is a {type(d[key]).__name__}, not a list")
+    if not d["images"]:
+        raise _not_coco(name, json_file, "'images' is empty")
+    for key, fields in (("images", ("id", "file_name", "height", "width")),
+                        ("categories", ("id",)),
+                        ("annotations", ("image_id", "category_id", "bbox"))):
+        n, i, e = _first_bad(d[key], lambda e: not isinstance(e, dict) or
+                             any(f not in e for f in fields))
+        if n:
+            raise _not_coco(name, json_file, f"{n} of {len(d[key])} {key} lack one of "
+                            f"{list(fields)}; the first is {key}[{i}] = {str(e)[:200]}")
+    image_ids = {im["id"] for im in d["images"]}
+    category_ids = {c["id"] for c in d["categories"]}
+    for what, ok in (("image_id", lambda a: a["image_id"] in image_ids),
+                     ("category_id", lambda a: a["category_id"] in category_ids),
+                     ("bbox", lambda a: _is_box(a["bbox"]))):
+        n, i, e = _first_bad(d["annotations"], lambda a: not ok(a))
+        if n:
+            problem = "is not a list of 4 numbers" if what == "bbox" else \
+                f"points at an unknown {'image' if what == 'image_id' else 'category'} id"
+            raise _not_coco(name, json_file, f"{n} of {len(d['annotations'])} annotations' "
+                            f"{what} {problem}; the first is annotations[{i}] with "
+                            f"id={e.get('id')!r}, {what}={e[what]!r}")
+
+
+def load_coco_checked(json_file: str, image_root: str, name: str) -> List[Dict]:
+    """
+    Detectron2's ``load_coco_json`` after checking that the files exist and that the JSON
+    is COCO instances format (:func:`check_coco_json`): a missing file or directory raises
+    ``FileNotFoundError``, anything else ``ValueError``, each naming the dataset and the
+    file. This is what :func:`register_coco_dataset` registers, so the error comes at the
+    first ``DatasetCatalog.get`` (building a loader, or counting the prior), before any
+    training iteration. The JSON is parsed once more than ``load_coco_json`` does.
+    """
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"dataset {name!r}: annotation file {json_file!r} does not exist")
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"dataset {name!r}: image directory {image_root!r} does not exist")
+    try:
+        with open(json_file) as f:
+            d = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _not_coco(name, json_file, f"not valid JSON ({e})") from e
+    check_coco_json(d, name, json_file)
+    del d
+    return load_coco_json(json_file, image_root, name)
+
+
 def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     """
     Register a COCO-format instance dataset under ``name`` (idempotent for the same
-    paths). Raises ``FileNotFoundError`` naming the missing file or directory before
-    anything is registered, and ``ValueError`` when ``name`` is already taken by a
-    different dataset.
+    paths), as Detectron2's ``register_coco_instances`` does but loaded with
+    :func:`load_coco_checked`. Raises ``FileNotFoundError`` naming the missing file or
+    directory before anything is registered, and ``ValueError`` when ``name`` is already
+    taken by a different dataset. A file that is not COCO format raises ``ValueError``
+    at the first ``DatasetCatalog.get(name)``.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if not os.path.isfile(json_file):
@@ -40,7 +128,9 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             return
         raise ValueError(f"dataset {name!r} is already registered with "
                          f"json_file={getattr(meta, 'json_file', None)!r}")
-    register_coco_instances(name, {}, json_file, image_root)
+    DatasetCatalog.register(name, lambda: load_coco_checked(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
+                                  evaluator_type="coco")
 
 
 def register_datasets_from_config(datasets: Mapping[str, Dict]) -> None:

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -39,12 +38,14 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
 
 from ..data.ssd_augment import PhotometricDistort
+from ..io import write_json_atomic
 
 __all__ = ["PriorCounts", "AnchorCounter", "resize_options", "count_dataset", "prior_fingerprint",
            "load_or_count", "PRIOR_VERSION"]
 
 logger = logging.getLogger(__name__)
-PRIOR_VERSION = 2  # 2: boxes filtered at the mapper's 1e-5, sizes deduplicated
+PRIOR_VERSION = 3  # 2: boxes filtered at the mapper's 1e-5, sizes deduplicated; 3: boxes
+# of negative width or height ordered as the mapper orders them
 
 
 @dataclass
@@ -58,6 +59,7 @@ class PriorCounts:
     num_images: int = 0
     stderr: float = float("nan")  # standard error of `prior` over images
     seconds: float = 0.0
+    fingerprint: str = ""  # prior_fingerprint of what was counted ("" if unknown)
 
     @property
     def prior(self) -> float:
@@ -448,7 +450,9 @@ class AnchorCounter:
 def _image_gt(d: Dict) -> Tuple[np.ndarray, np.ndarray]:
     """(G, 4) XYXY boxes (float64) and (G,) classes of the non-crowd annotations, converted
     with the arithmetic of Detectron2's mapper (``BoxMode.convert`` of a list: float32,
-    or int64 when every coordinate is an integer)."""
+    or int64 when every coordinate is an integer). A box of negative width or height
+    has its corners ordered, as the mapper's ``apply_box`` (min and max of the
+    transformed corners) orders them: training sees it, so it is counted."""
     annos = [a for a in d.get("annotations", []) if a.get("iscrowd", 0) == 0]
     classes = np.array([a["category_id"] for a in annos], dtype=np.int64)
     if not annos:
@@ -459,6 +463,8 @@ def _image_gt(d: Dict) -> Tuple[np.ndarray, np.ndarray]:
     for mode in set(modes):
         sel = [i for i, m in enumerate(modes) if m == mode]
         boxes[sel] = BoxMode.convert(raw[sel], mode, BoxMode.XYXY_ABS).double().numpy()
+    boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]),
+                            np.maximum(boxes[:, :2], boxes[:, 2:])], 1)
     return boxes, classes
 
 
@@ -570,41 +576,149 @@ def _cache_path(fingerprint: str) -> str:
     return os.path.join(root, "priors", fingerprint + ".json")
 
 
-def _read_cache(path: str) -> Optional[PriorCounts]:
+_FIELDS = ("num_classes", "num_foreground", "num_valid", "per_class", "num_images", "stderr",
+           "seconds")
+
+
+def _read_cache(path: str, fingerprint: Optional[str] = None,
+                warn: bool = True) -> Optional[PriorCounts]:
+    """The counts cached at ``path``, or None when there are none. A file that is not
+    valid JSON, lacks a field, holds impossible counts or another fingerprint is
+    recounted (and then overwritten) with a warning (if ``warn``), never trusted."""
     if not os.path.isfile(path):
         return None
     try:
         with open(path) as f:
             d = json.load(f)
-        return PriorCounts(**{k: d[k] for k in ("num_classes", "num_foreground", "num_valid",
-                                                 "per_class", "num_images", "stderr", "seconds")})
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON {type(d).__name__}, not an object")
+        missing = [k for k in _FIELDS if k not in d]
+        if missing:
+            raise ValueError(f"missing field(s) {missing}")
+        if fingerprint is not None and d.get("fingerprint") != fingerprint:
+            raise ValueError(f"fingerprint {d.get('fingerprint')!r}, expected {fingerprint!r}")
+        counts = PriorCounts(**{k: d[k] for k in _FIELDS})
+        ints = [counts.num_classes, counts.num_foreground, counts.num_valid, counts.num_images]
+        if not (all(isinstance(x, int) and x >= 0 for x in ints + list(counts.per_class))
+                and counts.num_classes > 0 and 0 <= counts.num_foreground <= counts.num_valid
+                and counts.num_valid > 0):
+            raise ValueError(f"impossible counts {ints}")
+        counts.fingerprint = d.get("fingerprint", "")
+        return counts
     except Exception as e:  # corrupt or foreign file: recount, never trust it
-        logger.warning("prior cache %s is unreadable (%s); recomputing", path, e)
+        if warn:
+            logger.warning("prior cache %s is unreadable (%s: %s); recomputing", path,
+                           type(e).__name__, e)
         return None
 
 
 def _write_cache(path: str, counts: PriorCounts, fingerprint: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_prior_", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        json.dump(dict(counts.to_dict(), fingerprint=fingerprint), f)
-    os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+    """Write atomically (:func:`scratchdet.io.write_json_atomic`): readers see the old
+    file or the whole new one, never part of one, even after a crash."""
+    write_json_atomic(path, dict(counts.to_dict(), fingerprint=fingerprint))
+
+
+LOCK_TIMEOUT = 1800.0  # seconds a process waits for another one counting the same prior
+_LOCK_POLL = 0.05
+
+
+class _CacheLock:
+    """
+    An exclusive ``fcntl.flock`` on ``<cache file>.lock``: one process at a time counts
+    (and writes) a fingerprint; the others wait, then read its result. The kernel drops
+    the lock of a process that dies, so a stale lock cannot block anyone; the lock file
+    itself (holding the last holder's pid, for messages) is never deleted, as deleting
+    it would let two processes lock two different files. After ``timeout`` seconds of
+    waiting, a warning is logged and the caller counts without the lock (the write is
+    atomic anyway). Without ``fcntl`` (Windows) nothing is locked.
+    """
+
+    def __init__(self, path: str, timeout: Optional[float] = None):
+        self.path = path + ".lock"
+        self.timeout = LOCK_TIMEOUT if timeout is None else float(timeout)
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "_CacheLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        t0, logged = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                waited = time.monotonic() - t0
+                if waited >= self.timeout:
+                    os.close(fd)
+                    logger.warning("prior cache lock %s still held by %s after %.0fs; counting "
+                                   "without it", self.path, self._holder(), waited)
+                    return self
+                if not logged:
+                    logger.info("prior cache: waiting for %s, counting the same prior (lock %s)",
+                                self._holder(), self.path)
+                    logged = True
+                time.sleep(_LOCK_POLL)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def _holder(self) -> str:
+        try:
+            with open(self.path) as f:
+                return "pid " + (f.read().strip() or "?")
+        except OSError:
+            return "another process"
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def load_or_count(dataset_names, dataset_dicts, counter: AnchorCounter, augmentations=(),
                   head_classes: int = 1, use_cache: bool = True, progress: bool = True,
                   extra=None) -> Tuple[PriorCounts, bool]:
     """Counts from the fingerprinted cache when valid, else counted (and cached by rank 0).
-    Returns (counts, from_cache)."""
+    Returns (counts, from_cache); ``counts.fingerprint`` is the fingerprint.
+
+    Processes counting the same fingerprint at once take turns (:class:`_CacheLock`): a
+    single process counts, writes the cache atomically, and the others then read it. In
+    a distributed job every rank counts its shard and only rank 0 takes the lock, to
+    write."""
     fp = prior_fingerprint(dataset_names, dataset_dicts, counter, augmentations, head_classes,
                            extra)
     path = _cache_path(fp)
-    cached = _read_cache(path) if use_cache else None
+    cached = _read_cache(path, fp) if use_cache else None
     # every rank must take the same branch: use the cache only if every rank can read it
     hit = comm.all_gather(cached is not None)
     if use_cache and all(hit):
         return cached, True
+    if not use_cache:
+        counts = count_dataset(dataset_dicts, counter, augmentations, head_classes, progress)
+        counts.fingerprint = fp
+        return counts, False
+    if comm.get_world_size() == 1:
+        with _CacheLock(path):
+            # written while this process waited? (a corrupt file was reported above)
+            cached = _read_cache(path, fp, warn=False)
+            if cached is not None:
+                return cached, True
+            counts = count_dataset(dataset_dicts, counter, augmentations, head_classes,
+                                   progress)
+            counts.fingerprint = fp
+            _write_cache(path, counts, fp)
+        return counts, False
     counts = count_dataset(dataset_dicts, counter, augmentations, head_classes, progress)
-    if use_cache and comm.is_main_process():
-        _write_cache(path, counts, fp)
+    counts.fingerprint = fp
+    if comm.is_main_process():
+        with _CacheLock(path):
+            _write_cache(path, counts, fp)
     return counts, False

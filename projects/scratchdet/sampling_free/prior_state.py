@@ -35,9 +35,13 @@ THRESHOLD_RULES = {"global": _global_thresholds, "per_class": _per_class_thresho
 
 class PriorState(nn.Module):
     """
-    Buffers: ``prior`` (p = N_f / N / C; -1 until set), ``class_counts`` (N_j, float64)
-    and ``score_thresholds`` ((K,) adaptive thresholds derived from them with
-    ``rule``). Being buffers, they are saved and loaded with the model.
+    Buffers: ``prior`` (p = N_f / N / C; -1 until set), ``class_counts`` (N_j, float64),
+    ``score_thresholds`` ((K,) adaptive thresholds derived from them with ``rule``) and
+    ``data_fingerprint`` (the 8 bytes of the counted data's 16-hex-digit
+    :func:`~scratchdet.sampling_free.prior.prior_fingerprint`; zeros when unknown). Being
+    buffers, they are saved and loaded with the model; a checkpoint written before
+    ``data_fingerprint`` existed loads with it unknown (Detectron2's checkpointer reports
+    it as missing and keeps the zeros).
     """
 
     def __init__(self, head_classes: int, num_score_classes: int, rule: str = "global"):
@@ -50,10 +54,18 @@ class PriorState(nn.Module):
         self.register_buffer("prior_stderr", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("class_counts", torch.zeros(num_score_classes, dtype=torch.float64))
         self.register_buffer("score_thresholds", torch.zeros(num_score_classes))
+        self.register_buffer("data_fingerprint", torch.zeros(8, dtype=torch.uint8))
 
     @property
     def is_set(self) -> bool:
         return bool(self.prior.item() > 0)
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the data the prior was counted on; "" when unknown (a prior
+        set by hand, or a checkpoint from before fingerprints were stored)."""
+        b = bytes(self.data_fingerprint.cpu().tolist())
+        return "" if not any(b) else b.hex()
 
     def require(self, owner: str) -> None:
         """Raise if training would start without a prior (the focal bias would stay)."""
@@ -68,6 +80,12 @@ class PriorState(nn.Module):
         bias_from_prior(p)  # validates 0 < p < 1
         self.prior.fill_(p)
         self.prior_stderr.fill_(counts.stderr)
+        fp = getattr(counts, "fingerprint", "") or ""
+        try:
+            raw = bytes.fromhex(fp) if len(fp) == 16 else bytes(8)
+        except ValueError:
+            raw = bytes(8)
+        self.data_fingerprint.copy_(torch.tensor(list(raw), dtype=torch.uint8))
         pc = torch.as_tensor(counts.per_class, dtype=torch.float64)
         if len(pc) == len(self.class_counts):
             self.class_counts.copy_(pc)

@@ -1,0 +1,743 @@
+"""Reliability of the data path and of the prior: empty and degenerate annotations,
+unreadable images, malformed datasets, the prior cache under corruption and concurrency,
+stale priors. Everything runs the real code: Detectron2's loaders and mappers (through
+the configs), the real models, the real prior estimator."""
+import itertools
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import detectron2.data.transforms as T
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.engine import SimpleTrainer
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from scratchdet.data import (
+    ImageReadError,
+    ShapesSpec,
+    generate_shapes,
+    register_coco_dataset,
+    register_datasets_from_config,
+)
+from scratchdet.engine import load_config
+from scratchdet.sampling_free import (
+    AnchorCounter,
+    PriorInitHook,
+    classification_bias_params,
+    count_dataset,
+    estimate_priors,
+    initialize_priors,
+    prior_heads,
+)
+from scratchdet.sampling_free import prior as prior_mod
+from scratchdet.sampling_free.prior import PriorCounts, load_or_count
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = os.path.join(REPO, "configs")
+FOCAL_DEMO = os.path.join(CFG, "shapes", "scratchdet_root_resnet18_fpn_demo.py")
+SF_DEMO = os.path.join(CFG, "shapes", "sampling_free_root_resnet18_fpn_demo.py")
+SF_RCNN = os.path.join(CFG, "COCO", "sampling_free_faster_rcnn_R_50_FPN_1x.py")
+SF_COCO_MINI = os.path.join(CFG, "coco_mini", "sampling_free_root_resnet18_fpn_coco_mini.py")
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _write_coco(root, images, categories=("circle", "square", "triangle")):
+    """A COCO dataset under ``root``: ``images`` is a list of (h, w, annotations) with
+    annotations as (bbox XYWH, category index, iscrowd). Returns (json_file, image_root)."""
+    img_dir = os.path.join(root, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = dict(images=[], annotations=[],
+               categories=[dict(id=i + 1, name=n) for i, n in enumerate(categories)])
+    for i, (h, w, annos) in enumerate(images):
+        name = f"{i:03d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            os.path.join(img_dir, name))
+        out["images"].append(dict(id=i + 1, file_name=name, height=h, width=w))
+        for box, cat, crowd in annos:
+            out["annotations"].append(dict(
+                id=len(out["annotations"]) + 1, image_id=i + 1, bbox=list(map(float, box)),
+                category_id=cat + 1, iscrowd=crowd, area=float(abs(box[2] * box[3]))))
+    json_file = os.path.join(root, "ann.json")
+    with open(json_file, "w") as f:
+        json.dump(out, f)
+    return json_file, img_dir
+
+
+def _register_tmp(name, json_file, image_root):
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        from detectron2.data import MetadataCatalog
+        MetadataCatalog.remove(name)
+    register_coco_dataset(name, json_file, image_root)
+
+
+@pytest.fixture
+def log(caplog):
+    """caplog that sees the "scratchdet" loggers even when Detectron2's setup_logger
+    made them non-propagating."""
+    lg = logging.getLogger("scratchdet")
+    lg.addHandler(caplog.handler)
+    old = lg.propagate
+    lg.propagate = False
+    caplog.set_level(logging.INFO, logger="scratchdet")
+    yield caplog
+    lg.propagate = old
+    lg.removeHandler(caplog.handler)
+
+
+def _messages(caplog, level):
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
+def _shapes_dicts(n=40):
+    return DatasetCatalog.get("scratchdet_shapes_val")[:n]
+
+
+def _set_prior_from_data(cfg, model):
+    """The real estimator on a sample of the shapes data (COCO models: 80 classes, the
+    shapes boxes then count as classes 0..2)."""
+    counts = initialize_priors(cfg, model, dataset_dicts=_shapes_dicts(), use_cache=False,
+                               progress=False)
+    assert all(0 < c.prior < 1 for c in counts.values())
+
+
+def _rcnn_model(stock: bool):
+    """The SF Faster R-CNN config's model, or (stock) the Detectron2 Faster R-CNN it is
+    built from (as benchmarks/train_step.py builds it); 100 proposals, so that a CPU step
+    is quick."""
+    cfg = load_config(SF_RCNN)
+    if stock:
+        from detectron2.model_zoo import get_config
+
+        m = get_config("common/models/mask_rcnn_fpn.py").model
+        m.roi_heads.mask_in_features = m.roi_heads.mask_pooler = m.roi_heads.mask_head = None
+        m.backbone.bottom_up.freeze_at = 2
+        cfg.model = m
+    # no ImageNet weights here: train-mode BN instead of FrozenBN keeps a random R50's
+    # activations (and losses) at a sane scale
+    cfg.model.backbone.bottom_up.stem.norm = "BN"
+    cfg.model.backbone.bottom_up.stages.norm = "BN"
+    cfg.model.proposal_generator.post_nms_topk = (100, 100)
+    cfg.model.proposal_generator.pre_nms_topk = (200, 200)
+    return cfg
+
+
+def _build(head):
+    torch.manual_seed(0)
+    if head in ("focal_retinanet", "sf_retinanet"):
+        cfg = load_config(FOCAL_DEMO if head == "focal_retinanet" else SF_DEMO)
+    else:
+        cfg = _rcnn_model(stock=head == "faster_rcnn")
+    cfg.dataloader.train.dataset.names = "scratchdet_shapes_val"
+    model = instantiate(cfg.model).train()
+    if prior_heads(model):
+        _set_prior_from_data(cfg, model)
+    return cfg, model
+
+
+def _train_steps(model, batches, steps=3, lr=0.01):
+    """``steps`` SimpleTrainer iterations over ``batches``: the loss histories, and
+    whether every gradient was finite and some parameter moved."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    optim = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    trainer = SimpleTrainer(model, itertools.cycle(batches), optim)
+    trainer.train(0, steps)
+    hist = {k: [x for x, _ in v.values()] for k, v in trainer.storage.histories().items()
+            if k.startswith("loss") or k == "total_loss"}
+    grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+    moved = sum(not torch.equal(b, p.detach()) for b, p in zip(before, params))
+    return hist, grads_finite, moved
+
+
+def _empty_batch(n=2, size=128):
+    g = torch.Generator().manual_seed(1)
+    return [dict(image=(torch.rand(3, size, size, generator=g) * 255),
+                 instances=Instances((size, size), gt_boxes=Boxes(torch.zeros(0, 4)),
+                                     gt_classes=torch.zeros(0, dtype=torch.int64)))
+            for _ in range(n)]
+
+
+# -- 1. images without annotations ------------------------------------------------------
+@pytest.mark.parametrize("head", ["focal_retinanet", "sf_retinanet", "sf_faster_rcnn",
+                                  "faster_rcnn"])
+def test_batches_without_any_box_train_every_head(head):
+    """Batches where no anchor and no proposal is positive, for every head: every loss
+    finite (the box losses exactly 0), gradients finite, training continues. From the
+    very first step (the Sampling-Free heads' guided scaling has no box loss to scale
+    to yet, so their classification loss is 0 until the first positive), and after a
+    batch with a box (then every head learns background from empty batches: the loss
+    is positive and the weights move; a stock R-CNN's ROI classifier may already be
+    confident to float precision)."""
+    _, model = _build(head)
+    lr = 1e-3 if "rcnn" in head else 1e-2
+    hist, grads_finite, _ = _train_steps(model, [_empty_batch()], steps=2, lr=lr)
+    assert len(hist["total_loss"]) == 2 and grads_finite
+    assert all(np.isfinite(v).all() for v in hist.values()), hist
+    cls = [k for k in hist if k in ("loss_cls", "loss_rpn_cls")]
+    if prior_heads(model):
+        assert all(max(hist[k]) == 0 for k in cls), hist
+    else:
+        assert all(min(hist[k]) > 0 for k in cls), hist
+    # one batch with a box, then empty batches only
+    positive = _empty_batch()
+    positive[0]["instances"] = Instances((128, 128), gt_boxes=Boxes(torch.tensor(
+        [[20.0, 30.0, 90.0, 100.0]])), gt_classes=torch.tensor([1]))
+    _train_steps(model, [positive], steps=1, lr=lr)
+    hist, grads_finite, moved = _train_steps(model, [_empty_batch()], steps=3, lr=lr)
+    assert all(np.isfinite(v).all() for v in hist.values()) and grads_finite, hist
+    box = [k for k in hist if k in ("loss_box_reg", "loss_rpn_loc")]
+    assert box and all(max(hist[k]) == 0 for k in box), {k: hist[k] for k in box}
+    assert all(min(hist[k]) >= 0 for k in cls) and min(hist["total_loss"]) > 0, hist
+    if prior_heads(model):  # guided scaling falls back to the running ratio: not 0
+        assert all(min(hist[k]) > 0 for k in cls), hist
+    assert moved > 0
+
+
+def test_loader_with_empty_images_filter_off_and_on(tmp_path):
+    """Through the config's own loader (Detectron2's mapper): with
+    ``dataset.filter_empty=False`` images without boxes (none, or only crowd ones) reach
+    the model as empty Instances and training continues with finite losses; with the
+    default filter they are dropped, and a dataset of only such images is refused
+    before training with Detectron2's message naming it (and its prior, 0, with ours)."""
+    box = [((20, 10, 50, 40), 1, 0)]
+    json_file, root = _write_coco(str(tmp_path / "some"), [
+        (96, 128, box), (96, 128, []), (96, 128, []), (96, 128, [((10, 10, 40, 40), 0, 1)]),
+        (96, 128, box)])
+    _register_tmp("rel_some_empty", json_file, root)
+    cfg, model = _build("sf_retinanet")
+    d = cfg.dataloader.train
+    d.dataset.names = "rel_some_empty"
+    d.total_batch_size = 4
+    d.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=96, max_size=128)]
+    d.dataset.filter_empty = False
+    assert len(instantiate(d.dataset)) == 5
+    batches = list(itertools.islice(iter(instantiate(d)), 3))
+    assert all(len(b) == 4 for b in batches)
+    assert all(any(len(x["instances"]) == 0 for x in b) for b in batches)  # 3 of 5 are empty
+    hist, grads_finite, moved = _train_steps(model, batches, steps=3)
+    assert all(np.isfinite(v).all() for v in hist.values()) and grads_finite and moved, hist
+    assert min(hist["loss_cls"]) > 0
+    d.dataset.filter_empty = True
+    assert [len(x["annotations"]) for x in instantiate(d.dataset)] == [1, 1]
+    # a dataset where every image is empty
+    json_file, root = _write_coco(str(tmp_path / "none"), [
+        (96, 128, []), (128, 96, []), (112, 112, [((10, 10, 40, 40), 0, 1)])])
+    _register_tmp("rel_all_empty", json_file, root)
+    d.dataset.names = "rel_all_empty"
+    with pytest.raises(AssertionError, match="No valid data found in rel_all_empty"):
+        instantiate(d)
+    d.dataset.filter_empty = False
+    with pytest.raises(ValueError, match="prior must be in"):
+        initialize_priors(cfg, instantiate(cfg.model), use_cache=False, progress=False)
+
+
+# -- 2. crowd-only, degenerate and outside boxes ----------------------------------------
+DEGENERATE = [
+    (128, 160, [((20, 20, 50, 40), 0, 1), ((60, 30, 40, 40), 2, 1)]),  # crowd only
+    (128, 160, [((30, 30, 0, 40), 0, 0), ((50, 50, 30, 0), 1, 0),  # zero area
+                ((100, 60, -30, 30), 1, 0), ((90, 100, 20, -25), 2, 0),  # negative w / h
+                ((10, 10, 60, 50), 0, 0)]),  # and an ordinary box
+    (128, 160, [((-20, -10, 60, 50), 0, 0), ((130, 90, 60, 60), 1, 0),  # partly outside
+                ((170, 20, 30, 30), 2, 0), ((-80, 140, 40, 40), 0, 0)]),  # wholly outside
+]
+
+
+@pytest.mark.parametrize("head", ["sf_retinanet", "sf_faster_rcnn"])
+def test_degenerate_boxes_train_finitely_and_count_as_training_labels_them(tmp_path, head):
+    """Crowd-only images, zero and negative width/height, boxes partly or wholly outside
+    the image: Detectron2's mapper drops the crowd boxes, clips, orders and filters the
+    rest; a training step on its output has finite losses; and the prior estimator
+    counts, for each such image, exactly the foreground and non-ignored anchors that the
+    model's own labelling (RetinaNet ``label_anchors``, RPN ``label_and_sample_anchors``)
+    gives on the mapper's output."""
+    json_file, root = _write_coco(str(tmp_path / "degenerate"), DEGENERATE)
+    _register_tmp("rel_degenerate", json_file, root)
+    cfg, model = _build(head)
+    cfg.dataloader.train.dataset.names = "rel_degenerate"
+    cfg.dataloader.train.dataset.filter_empty = False
+    dicts = instantiate(cfg.dataloader.train.dataset)
+    assert len(dicts) == 3
+    augs = [T.ResizeShortestEdge(96, 200)]  # fixed size, no flip: the counted image
+    mapper = DatasetMapper(is_train=True, augmentations=augs, image_format="BGR")
+    (name, gen, matcher, head_classes, owner), = prior_heads(model)
+    num_classes = model.num_classes if name == "retinanet" else model.roi_heads.num_classes
+    counter = AnchorCounter(gen, matcher, num_classes, model.backbone.size_divisibility)
+    mapped, expected = [], []
+    for d in dicts:
+        out = mapper(dict(d))
+        inst = out["instances"]
+        boxes = inst.gt_boxes.tensor
+        assert torch.isfinite(boxes).all()
+        assert ((boxes[:, 2:] - boxes[:, :2]) > 0).all()  # ordered, non-empty, clipped
+        assert (boxes[:, 0::2] <= inst.image_size[1]).all() and (boxes >= 0).all()
+        anchors = [Boxes(a) for a in gen._grid_anchors(
+            [list(g) for g in counter.grid_sizes(*inst.image_size)])]
+        with torch.no_grad():
+            if name == "retinanet":
+                labels = model.label_anchors(anchors, [inst])[0][0]
+                fg = (labels >= 0) & (labels < num_classes)
+            else:
+                labels = owner.label_and_sample_anchors(anchors, [inst])[0][0]
+                fg = labels == 1
+        c = count_dataset([d], counter, augs, head_classes, progress=False)
+        expected.append((int(fg.sum()), int((labels != -1).sum())))
+        assert (c.num_foreground, c.num_valid) == expected[-1], (d["file_name"], len(inst))
+        mapped.append(out)
+    # crowd only: none; the ordinary box and the two negative ones, ordered: 3; 2 clipped
+    assert [len(m["instances"]) for m in mapped] == [0, 3, 2]
+    assert expected[0][0] == 0 and expected[1][0] > 0 and expected[2][0] > 0
+    hist, grads_finite, _ = _train_steps(model, [mapped[:2], mapped[1:]], steps=2)
+    assert all(np.isfinite(v).all() for v in hist.values()) and grads_finite
+
+
+# -- 3. missing, unreadable and corrupt images ------------------------------------------
+def _broken_coco_mini(coco_mini, tmp_path, n=6):
+    """coco_mini val's first ``n`` images copied to tmp_path; then image 0 deleted, image 1
+    truncated to half its bytes, image 2 replaced by text, image 3 made unreadable.
+    Returns (json_file, image_root, the image paths)."""
+    with open(os.path.join(coco_mini, "annotations", "instances_val2017.json")) as f:
+        d = json.load(f)
+    keep = d["images"][:n]
+    ids = {im["id"] for im in keep}
+    d = dict(d, images=keep, annotations=[a for a in d["annotations"] if a["image_id"] in ids])
+    root = tmp_path / "images"
+    root.mkdir()
+    for im in keep:
+        shutil.copy(os.path.join(coco_mini, "val2017", im["file_name"]), root / im["file_name"])
+    files = [str(root / im["file_name"]) for im in keep]
+    os.unlink(files[0])
+    data = open(files[1], "rb").read()
+    open(files[1], "wb").write(data[: len(data) // 2])
+    open(files[2], "w").write("not an image\n")
+    if n > 3:
+        os.chmod(files[3], 0)  # no effect as root
+    json_file = str(tmp_path / "instances.json")
+    with open(json_file, "w") as f:
+        json.dump(d, f)
+    return json_file, str(root), files
+
+
+def _only(names, file_name):
+    """The dataset ``names`` reduced to the image ``file_name`` (a config's dataset)."""
+    return [d for d in DatasetCatalog.get(names) if d["file_name"] == file_name]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_unreadable_images_are_named_with_their_dataset(coco_mini, tmp_path, split):
+    """The config's train and test loaders (Detectron2's mapper, wrapped) raise
+    ImageReadError (an OSError) naming the file and the dataset, for a missing file, a
+    truncated JPEG, a file that is not an image, and one without read permission."""
+    json_file, root, files = _broken_coco_mini(coco_mini, tmp_path)
+    _register_tmp("rel_broken_images", json_file, root)
+    cfg = load_config(SF_COCO_MINI)
+    d = cfg.dataloader[split]
+    d.dataset.names = "rel_broken_images"
+    d.num_workers = 0
+    broken = files[:3] + ([files[3]] if os.geteuid() != 0 else [])  # root reads anything
+    for f in broken:
+        d.dataset = L(_only)(names="rel_broken_images", file_name=f)
+        if split == "train":
+            d.total_batch_size = 1
+            d.aspect_ratio_grouping = False
+        with pytest.raises(ImageReadError) as e:
+            next(iter(instantiate(d)))
+        msg = str(e.value)
+        assert f in msg and "'rel_broken_images'" in msg, msg
+        assert isinstance(e.value, OSError) and isinstance(e.value.__cause__, OSError)
+    # the readable images still load
+    d.dataset = L(_only)(names="rel_broken_images", file_name=files[4])
+    assert next(iter(instantiate(d)))[0]["image"].shape[0] == 3
+
+
+def test_unreadable_image_named_from_a_loader_worker(coco_mini, tmp_path):
+    """With a worker process, the error re-raised in the main process still names both."""
+    json_file, root, files = _broken_coco_mini(coco_mini, tmp_path, n=3)
+    _register_tmp("rel_broken_images_w", json_file, root)
+    cfg = load_config(SF_COCO_MINI)
+    d = cfg.dataloader.train
+    d.dataset.names = "rel_broken_images_w"
+    d.num_workers = 1
+    d.total_batch_size = 1
+    d.dataset.filter_empty = False
+    with pytest.raises(OSError) as e:
+        for _ in zip(range(3), iter(instantiate(d))):
+            pass
+    assert "rel_broken_images_w" in str(e.value) and any(f in str(e.value) for f in files[:3])
+
+
+def test_prior_needs_no_pixels(coco_mini, tmp_path):
+    """estimate_priors on coco_mini val's annotations whose images are missing, truncated
+    or unreadable: no error, and exactly the counts of the intact dataset."""
+    json_file, root, _ = _broken_coco_mini(coco_mini, tmp_path, n=79)
+    for f in os.listdir(root)[4:]:
+        os.unlink(os.path.join(root, f))
+    _register_tmp("rel_pixelless", json_file, root)
+    cfg = load_config(SF_COCO_MINI)
+    model = instantiate(cfg.model)
+    cfg.dataloader.train.dataset.names = "rel_pixelless"
+    broken = estimate_priors(cfg, model, use_cache=False, progress=False)["retinanet"]
+    register_datasets_from_config(cfg.datasets)
+    cfg.dataloader.train.dataset.names = "coco_mini_val"
+    intact = estimate_priors(cfg, model, use_cache=False, progress=False)["retinanet"]
+    assert broken.num_images == intact.num_images == 79
+    assert (broken.num_foreground, broken.num_valid, broken.per_class) == \
+        (intact.num_foreground, intact.num_valid, intact.per_class)
+    assert 0 < broken.prior < 1
+
+
+# -- 4. missing or malformed datasets ---------------------------------------------------
+def _valid_coco():
+    return dict(images=[dict(id=1, file_name="a.jpg", height=32, width=32)],
+                annotations=[dict(id=1, image_id=1, category_id=1, bbox=[1, 1, 10, 10],
+                                  iscrowd=0, area=100)],
+                categories=[dict(id=1, name="thing")])
+
+
+@pytest.mark.parametrize("content, pattern", [
+    ("[]", r"top level is a JSON list"),
+    ("{not json", r"not valid JSON"),
+    (dict(images=[], categories=[]), r"missing key\(s\) \['annotations'\]"),
+    (dict(annotations=[], categories=[]), r"missing key\(s\) \['images'\]"),
+    (dict(_valid_coco(), categories={"1": "thing"}), r"'categories' is a dict, not a list"),
+    (dict(_valid_coco(), images=[dict(id=1, file_name="a.jpg")]),
+     r"1 of 1 images lack one of \['id', 'file_name', 'height', 'width'\]"),
+    (dict(_valid_coco(), annotations=_valid_coco()["annotations"] + [
+        dict(id=2, image_id=7, category_id=1, bbox=[0, 0, 5, 5], iscrowd=0)]),
+     r"1 of 2 annotations' image_id points at an unknown image id; the first is "
+     r"annotations\[1\] with id=2, image_id=7"),
+    (dict(_valid_coco(), annotations=[dict(id=1, image_id=1, category_id=3, bbox=[0, 0, 5, 5])]),
+     r"category_id points at an unknown category id.*category_id=3"),
+    (dict(_valid_coco(), annotations=[dict(id=1, image_id=1, category_id=1, bbox=[0, 0, 5])]),
+     r"bbox is not a list of 4 numbers"),
+], ids=["list", "not_json", "no_annotations", "no_images", "categories_dict", "image_fields",
+        "unknown_image_id", "unknown_category_id", "bad_bbox"])
+def test_malformed_annotation_file_fails_before_training(tmp_path, content, pattern):
+    """A JSON that is not COCO instances format: registration succeeds (it reads no JSON),
+    and the first DatasetCatalog.get, which building the train loader or counting the
+    prior does before the first iteration, raises ValueError naming the dataset, the file
+    and what is wrong."""
+    json_file = tmp_path / "bad.json"
+    json_file.write_text(content if isinstance(content, str) else json.dumps(content))
+    (tmp_path / "img").mkdir()
+    _register_tmp("rel_malformed", str(json_file), str(tmp_path / "img"))
+    cfg = load_config(SF_DEMO)
+    cfg.dataloader.train.dataset.names = "rel_malformed"
+    for build in (lambda: instantiate(cfg.dataloader.train),
+                  lambda: estimate_priors(cfg, instantiate(cfg.model), progress=False)):
+        with pytest.raises(ValueError, match=pattern) as e:
+            build()
+        assert "'rel_malformed'" in str(e.value) and str(json_file) in str(e.value)
+    # the valid file loads
+    json_file.write_text(json.dumps(_valid_coco()))
+    assert len(DatasetCatalog.get("rel_malformed")) == 1
+
+
+def test_missing_dataset_files_fail_at_registration_or_first_get(tmp_path):
+    good_json, good_root = _write_coco(str(tmp_path / "ok"), [(32, 32, [])])
+    with pytest.raises(FileNotFoundError, match="'rel_x'.*annotation file .*nope.json"):
+        register_coco_dataset("rel_x", str(tmp_path / "nope.json"), good_root)
+    with pytest.raises(FileNotFoundError, match="'rel_x'.*image directory .*no_dir"):
+        register_datasets_from_config({"rel_x": dict(json_file=good_json,
+                                                     image_root=str(tmp_path / "no_dir"))})
+    with pytest.raises(KeyError, match="rel_x.*image_root"):
+        register_datasets_from_config({"rel_x": dict(json_file=good_json)})
+    assert "rel_x" not in DatasetCatalog.list()
+    # removed after registration: the first get names it
+    _register_tmp("rel_gone", good_json, good_root)
+    os.rename(good_json, good_json + ".moved")
+    with pytest.raises(FileNotFoundError, match=f"'rel_gone'.*{good_json}.*does not exist"):
+        DatasetCatalog.get("rel_gone")
+
+
+# -- 8. the prior cache: corruption and concurrency -------------------------------------
+def _counter():
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+    from detectron2.modeling.matcher import Matcher
+
+    gen = DefaultAnchorGenerator(sizes=[[16, 32]], aspect_ratios=[[0.5, 1.0, 2.0]],
+                                 strides=[8], offset=0.5)
+    return AnchorCounter(gen, Matcher([0.4, 0.5], [0, -1, 1], True), 3)
+
+
+def _dicts(n=300, seed=0):
+    from detectron2.structures import BoxMode
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        xy = rng.uniform(0, 100, (4, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(8, 60, (4, 2))], 1)
+        out.append(dict(height=160, width=160, annotations=[
+            dict(bbox=b.tolist(), bbox_mode=BoxMode.XYXY_ABS, category_id=int(c), iscrowd=0)
+            for b, c in zip(boxes, rng.integers(0, 3, 4))]))
+    return out
+
+
+@pytest.mark.parametrize("corruption", ["{not json", "[1, 2]", '{"num_classes": 3}',
+                                        "truncated", "other fingerprint", "impossible"])
+def test_corrupt_cache_is_recounted_with_a_warning(tmp_path, monkeypatch, log, corruption):
+    monkeypatch.setenv("SCRATCHDET_CACHE", str(tmp_path))
+    dicts = _dicts(20)
+    right, hit = load_or_count("d", dicts, _counter(), [], 3, progress=False)
+    assert not hit and right.num_foreground > 0
+    (path,) = [tmp_path / "priors" / f for f in os.listdir(tmp_path / "priors")
+               if f.endswith(".json")]
+    text = path.read_text()
+    bad = {"truncated": text[: len(text) // 2],
+           "other fingerprint": text.replace(right.fingerprint, "0123456789abcdef"),
+           "impossible": text.replace(f'"num_valid": {right.num_valid}', '"num_valid": 0'),
+           }.get(corruption, corruption)
+    assert bad != text
+    path.write_text(bad)
+    again, hit = load_or_count("d", dicts, _counter(), [], 3, progress=False)
+    assert not hit
+    assert (again.num_foreground, again.num_valid, again.per_class) == \
+        (right.num_foreground, right.num_valid, right.per_class)
+    warnings = [m for m in _messages(log, logging.WARNING) if "prior cache" in m]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "recomputing" in warnings[0]
+    assert json.loads(path.read_text())["num_valid"] == right.num_valid  # rewritten whole
+    _, hit = load_or_count("d", dicts, _counter(), [], 3, progress=False)
+    assert hit
+
+
+def _count_in_process(cache, barrier, queue):
+    os.environ["SCRATCHDET_CACHE"] = cache
+    torch.set_num_threads(1)
+    barrier.wait()
+    counts, hit = load_or_count("d", _dicts(), _counter(), [], 3, progress=False)
+    queue.put((counts.num_foreground, counts.num_valid, counts.per_class, hit))
+
+
+def _read_in_process(path, stop, queue, limit=120.0):
+    seen = bad = 0
+    t0 = time.monotonic()
+    while not stop.is_set() and time.monotonic() - t0 < limit:
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    json.load(f)
+                seen += 1
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                bad += 1
+    queue.put((seen, bad))
+
+
+def _write_in_process(path, counts, fp, n):
+    for _ in range(n):
+        prior_mod._write_cache(path, counts, fp)
+
+
+def test_concurrent_processes_count_once_and_never_expose_partial_json(tmp_path):
+    """Four processes count the same fingerprint at once: exactly one counts (the others
+    wait on the lock and read its result), all get the same counts, no temporary or
+    partial file is left; a reader polling the cache file meanwhile, and while three
+    processes rewrite a large cache file, never parses partial JSON."""
+    ctx = mp.get_context("fork")
+    cache = str(tmp_path / "cache")
+    fp = prior_mod.prior_fingerprint("d", _dicts(), _counter(), [], 3)
+    path = os.path.join(cache, "priors", fp + ".json")  # prior._cache_path under `cache`
+    queue, stop = ctx.Queue(), ctx.Event()
+    barrier = ctx.Barrier(4)
+    reader = ctx.Process(target=_read_in_process, args=(path, stop, queue), daemon=True)
+    procs = [ctx.Process(target=_count_in_process, args=(cache, barrier, queue), daemon=True)
+             for _ in range(4)]
+    # many whole-file rewrites of a large file while the reader polls
+    big = PriorCounts(num_classes=3, num_foreground=5, num_valid=10 ** 6,
+                      per_class=list(range(30000)), num_images=1)  # a 200 kB file
+    writers = [ctx.Process(target=_write_in_process, args=(path, big, fp, 10), daemon=True)
+               for _ in range(3)]
+    try:
+        reader.start()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        results = [queue.get(timeout=10) for _ in procs]
+        assert all(p.exitcode == 0 for p in procs)
+        assert sorted(r[3] for r in results) == [False, True, True, True], results
+        assert len({(r[0], r[1], tuple(r[2])) for r in results}) == 1
+        for p in writers:
+            p.start()
+        for p in writers:
+            p.join(120)
+        stop.set()
+        reader.join(30)
+        seen, bad = queue.get(timeout=10)
+        assert all(p.exitcode == 0 for p in writers)
+        assert seen > 0 and bad == 0, (seen, bad)
+    finally:
+        stop.set()
+        for p in [reader] + procs + writers:
+            if p.is_alive():
+                p.terminate()
+    left = [f for f in os.listdir(os.path.dirname(path)) if f.startswith(".tmp")]
+    assert not left
+
+
+def test_cache_lock_left_behind_or_held_too_long(tmp_path, monkeypatch, log):
+    """A lock file left by a dead process blocks nobody (the kernel released its
+    flock); a lock held past the timeout is reported and the prior counted anyway."""
+    import fcntl
+
+    monkeypatch.setenv("SCRATCHDET_CACHE", str(tmp_path))
+    dicts = _dicts(10)
+    fp = prior_mod.prior_fingerprint("d", dicts, _counter(), [], 3)
+    path = prior_mod._cache_path(fp)
+    os.makedirs(os.path.dirname(path))
+    with open(path + ".lock", "w") as f:
+        f.write("999999999")  # a holder that no longer exists
+    counts, hit = load_or_count("d", dicts, _counter(), [], 3, progress=False)
+    assert not hit and os.path.isfile(path) and counts.fingerprint == fp
+    os.unlink(path)
+    monkeypatch.setattr(prior_mod, "LOCK_TIMEOUT", 0.3)
+    fd = os.open(path + ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held "by another process" (another open file)
+    try:
+        again, hit = load_or_count("d", dicts, _counter(), [], 3, progress=False)
+    finally:
+        os.close(fd)
+    assert not hit and again.num_valid == counts.num_valid and os.path.isfile(path)
+    assert any("still held" in m and path in m for m in _messages(log, logging.WARNING))
+
+
+# -- 9. stale priors ------------------------------------------------------------------------
+def _fingerprint(cfg, model=None, **kw):
+    model = model if model is not None else instantiate(cfg.model)
+    return estimate_priors(cfg, model, progress=False, **kw)["retinanet"].fingerprint
+
+
+def test_fingerprint_covers_anchors_matcher_input_size_and_data(tmp_path, monkeypatch, log):
+    monkeypatch.setenv("SCRATCHDET_CACHE", str(tmp_path))
+    base = load_config(SF_DEMO)
+    base.dataloader.train.dataset.names = "scratchdet_shapes_val"
+    fp0 = _fingerprint(base)
+    assert len(fp0) == 16
+    log.clear()
+    assert _fingerprint(base) == fp0  # unchanged config: a cache hit
+    assert any("(cached)" in m for m in _messages(log, logging.INFO))
+
+    def changed(edit):
+        cfg = load_config(SF_DEMO)
+        cfg.dataloader.train.dataset.names = "scratchdet_shapes_val"
+        edit(cfg)
+        log.clear()
+        fp = _fingerprint(cfg)
+        assert not any("(cached)" in m for m in _messages(log, logging.INFO))  # recounted
+        return fp
+
+    def anchors(c):
+        c.model.anchor_generator.sizes = [[x * 1.5] for x in [8, 16, 32, 64, 128]]
+        c.model.head.num_anchors = 1
+
+    def matcher(c):
+        c.model.anchor_matcher.thresholds = [0.3, 0.5]
+
+    def size(c):
+        c.dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(
+            short_edge_length=128, max_size=256)]
+
+    def data(c):
+        ann = generate_shapes(ShapesSpec(num_images=5, seed=9), str(tmp_path / "other"))
+        _register_tmp("rel_other_shapes", ann, os.path.join(str(tmp_path / "other"), "images"))
+        c.dataloader.train.dataset.names = "rel_other_shapes"
+
+    fps = {"base": fp0}
+    for edit in (anchors, matcher, size, data):
+        fps[edit.__name__] = changed(edit)
+    assert len(set(fps.values())) == len(fps), fps
+    # the same names with other annotations (an edited JSON) is other data, too
+    dicts = _shapes_dicts(200)
+    edited = [dict(d, annotations=d["annotations"][:-1]) if i == 0 else d
+              for i, d in enumerate(dicts)]
+    assert _fingerprint(base, dataset_dicts=edited) not in fps.values()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_on_shapes(tmp_path_factory):
+    """A SF demo model whose prior was counted on scratchdet_shapes_val, checkpointed."""
+    cfg = load_config(SF_DEMO)
+    cfg.dataloader.train.dataset.names = "scratchdet_shapes_val"
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    counts = initialize_priors(cfg, model, use_cache=False, progress=False)["retinanet"]
+    out = tmp_path_factory.mktemp("ckpt")
+    DetectionCheckpointer(model, str(out)).save("shapes")
+    return cfg, str(out / "shapes.pth"), counts
+
+
+def _hook_before_train(cfg, model):
+    """PriorInitHook.before_train as a trainer runs it."""
+    trainer = SimpleTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.0))
+    hook = PriorInitHook(cfg, model)
+    trainer.register_hooks([hook])
+    with EventStorage(0) as trainer.storage:
+        trainer.before_train()
+    return trainer.storage.history("prior/retinanet").latest()
+
+
+def test_checkpoint_prior_from_other_data_is_kept_and_reported(checkpoint_on_shapes, tmp_path,
+                                                               log):
+    cfg, ckpt, counts = checkpoint_on_shapes
+    ann = generate_shapes(ShapesSpec(num_images=5, seed=9), str(tmp_path / "other"))
+    _register_tmp("rel_finetune", ann, str(tmp_path / "other" / "images"))
+    cfg = load_config(SF_DEMO)
+    cfg.dataloader.train.dataset.names = "rel_finetune"
+    model = instantiate(cfg.model)
+    DetectionCheckpointer(model).load(ckpt)
+    assert model.prior_state.fingerprint == counts.fingerprint
+    bias = [b.detach().clone() for b in classification_bias_params(model.head)]
+    log.clear()
+    logged_prior = _hook_before_train(cfg, model)
+    assert logged_prior == pytest.approx(counts.prior)
+    assert model.prior_state.prior.item() == pytest.approx(counts.prior)  # kept
+    assert all(torch.equal(a, b) for a, b in zip(bias, classification_bias_params(model.head)))
+    current = _fingerprint(cfg, model)
+    assert current != counts.fingerprint
+    warns = [m for m in _messages(log, logging.WARNING) if "kept from the checkpoint" in m]
+    assert len(warns) == 1, _messages(log, logging.WARNING)
+    assert counts.fingerprint in warns[0] and current in warns[0] and "rel_finetune" in warns[0]
+    # the same data: kept, said at INFO, no warning
+    cfg.dataloader.train.dataset.names = "scratchdet_shapes_val"
+    same = instantiate(cfg.model)
+    DetectionCheckpointer(same).load(ckpt)
+    log.clear()
+    _hook_before_train(cfg, same)
+    assert not [m for m in _messages(log, logging.WARNING) if "checkpoint" in m]
+    assert any("same data" in m for m in _messages(log, logging.INFO))
+
+
+def test_checkpoint_without_stored_fingerprint_still_loads(checkpoint_on_shapes, tmp_path, log):
+    """A checkpoint written before the fingerprint buffer existed: it loads, its prior is
+    kept, and the message says the data it was counted on is unknown."""
+    cfg, ckpt, counts = checkpoint_on_shapes
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    removed = [k for k in list(state["model"]) if k.endswith("data_fingerprint")]
+    assert removed
+    for k in removed:
+        del state["model"][k]
+    old = str(tmp_path / "old.pth")
+    torch.save(state, old)
+    model = instantiate(cfg.model)
+    DetectionCheckpointer(model).load(old)
+    assert model.prior_state.prior.item() == pytest.approx(counts.prior)
+    assert model.prior_state.fingerprint == ""
+    log.clear()
+    _hook_before_train(cfg, model)
+    assert model.prior_state.prior.item() == pytest.approx(counts.prior)
+    assert any("does not record" in m for m in _messages(log, logging.INFO))
