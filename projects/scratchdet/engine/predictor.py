@@ -6,7 +6,7 @@ dict out), with the test-time augmentations and image format of the config's tes
 mapper. :func:`build_predictor` picks one of the two from the config file's extension.
 """
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ class LazyPredictor:
     """
 
     def __init__(self, cfg, weights: Optional[str] = None):
-        from .lazy_train import build_model  # noqa: avoids an import cycle at package import
+        from .lazy_train import _test_dataset_names, build_model  # (import cycle otherwise)
 
         self.cfg = cfg
         self.model = build_model(cfg)
@@ -55,10 +55,7 @@ class LazyPredictor:
         DetectionCheckpointer(self.model).load(check_weights(weights or cfg.train.init_checkpoint))
         self.metadata = None
         test = cfg.get("dataloader", {}).get("test", None)
-        names: Sequence[str] = []
-        if test is not None:
-            names = test.dataset.get("names", [])
-            names = [names] if isinstance(names, str) else list(names)
+        names = _test_dataset_names(cfg) if test is not None else []
         if names:
             self.metadata = MetadataCatalog.get(names[0])
         mapper = test.mapper if test is not None else {}
