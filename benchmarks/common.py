@@ -239,12 +239,12 @@ def print_table(title: str, comparisons: List[Dict], file=None) -> str:
 
 def write_record(path: str, record: Dict) -> str:
     """Write ``record`` as JSON (atomically); returns the absolute path."""
+    from scratchdet.io import atomic_write
+
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, default=_json_default, allow_nan=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(record, f, indent=2, default=_json_default,
+                                           allow_nan=True), mode="w")
     return path
 
 
@@ -283,6 +283,18 @@ def make_record(name: str, args, settings: Dict, comparisons: List[Dict], starte
         pass
     rec.update(extra)
     return rec
+
+
+def finish(name: str, args, settings: Dict, comparisons: List[Dict], started: float,
+           env: Dict, title: str, **extra) -> int:
+    """The end of every benchmark: the record (:func:`make_record`), the table under
+    ``title``, the JSON file at ``args.output``. Returns 0 (the exit status)."""
+    rec = make_record(name, args, settings, comparisons, started, env, **extra)
+    print()
+    print_table(f"{title} ({env['device']['name']}, {args.repeats} repeats)", comparisons)
+    path = write_record(args.output, rec)
+    print(f"\nwritten {path} ({rec['wall_time_s']:.0f} s)")
+    return 0
 
 
 # -- configs ----------------------------------------------------------------------------

@@ -40,7 +40,6 @@ Comparisons (A/B, alternating order over repeats):
   widths, random weights, eval mode, the config's test resize), called on preprocessed
   images (network + post-processing; with random weights almost nothing passes 0.05).
 """
-import argparse
 import glob
 import os
 import shutil
@@ -368,15 +367,9 @@ def main(argv=None):
                 "max_candidates": args.max_candidates,
                 "seed": args.seed,
                 "backbone_config": args.backbone_config, "weights": weights}
-    rec = common.make_record(NAME, args, settings, comparisons, started, env)
-    print()
-    common.print_table(f"inference: seconds per image, A/B ({env['device']['name']}, "
-                       f"{args.repeats} repeats)", comparisons)
-    path = common.write_record(args.output, rec)
-    print(f"\nwritten {path} ({rec['wall_time_s']:.0f} s)")
     tmp.cleanup()
-    return 0
-
+    return common.finish(NAME, args, settings, comparisons, started, env,
+                         "inference: seconds per image, A/B")
 
 if __name__ == "__main__":
     sys.exit(main())

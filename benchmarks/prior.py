@@ -32,7 +32,6 @@ The image list is coco_mini's 80 training images (empty images filtered as the l
 does), repeated ``--dataset-repeat`` times. Target: A/B <= 0.05. Repeat r times A then B
 (even r) or B then A (odd r), after one untimed warm-up of both on a few images.
 """
-import argparse
 import sys
 import time
 from typing import Dict
@@ -151,14 +150,8 @@ def main(argv=None):
         del model
     settings = {"settings": names, "dataset_repeat": args.dataset_repeat,
                 "num_workers": args.num_workers, "seed": args.seed, "target": TARGET}
-    rec = common.make_record(NAME, args, settings, comparisons, started, env, details=details)
-    print()
-    common.print_table(f"prior: estimator vs one data-loader pass "
-                       f"({env['device']['name']}, {args.repeats} repeats)", comparisons)
-    path = common.write_record(args.output, rec)
-    print(f"\nwritten {path} ({rec['wall_time_s']:.0f} s)")
-    return 0
-
+    return common.finish(NAME, args, settings, comparisons, started, env,
+                         "prior: estimator vs one data-loader pass", details=details)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,7 +70,6 @@ machine, two-thread ops wait for descheduled threads and the ratios lose their m
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -442,14 +441,9 @@ def main(argv=None):
     settings["memory_pairs"] = list(mem) if mem else []
     settings["memory_method"] = ("cuda max_memory_allocated" if args.device == "cuda" else
                                  "cpu subprocess VmHWM - VmRSS" if not args.no_memory else None)
-    rec = common.make_record(NAME, args, settings, comparisons, started, env, variants=details)
-    print()
-    common.print_table(f"train_step: seconds per iteration and peak memory, A/B "
-                       f"({env['device']['name']}, {args.repeats} repeats)", comparisons)
-    path = common.write_record(args.output, rec)
-    print(f"\nwritten {path} ({rec['wall_time_s']:.0f} s)")
-    return 0
-
+    return common.finish(NAME, args, settings, comparisons, started, env,
+                         "train_step: seconds per iteration and peak memory, A/B",
+                         variants=details)
 
 if __name__ == "__main__":
     sys.exit(main())
