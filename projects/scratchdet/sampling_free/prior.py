@@ -399,10 +399,7 @@ class AnchorCounter:
         # An anchor outside a box's window has IoU < that box's threshold <= the lowest
         # threshold, so its column maximum and first arg-maximum are right whenever they
         # can matter (>= the lowest threshold); for the others the label is background.
-        col_max = np.maximum.reduceat(iou, starts) if len(iou) else np.zeros(0, np.float32)
-        at_max = np.flatnonzero(iou == col_max[cand])
-        _, first = np.unique(cand[at_max], return_index=True)
-        matched = g[at_max[first]]
+        col_max, matched = _grouped_max(iou, starts, cand, g)
 
         # the Matcher's rule on these values (torch float32 comparisons, as in Matcher)
         vals = torch.from_numpy(col_max)
@@ -437,14 +434,25 @@ class AnchorCounter:
         """The first box of maximal IoU among all boxes of each candidate's item."""
         gt_start = np.cumsum(counts) - counts
         per = counts[cand_item[cands]]
-        pc = np.repeat(np.arange(len(cands)), per)
-        pg = gt_start[cand_item[cands]][pc] + (np.arange(pc.size) - np.repeat(np.cumsum(per) - per,
-                                                                            per))
-        iou = self._iou(boxes[pg], cand_boxes[cands][pc])
         starts = np.cumsum(per) - per
-        at_max = np.flatnonzero(iou == np.maximum.reduceat(iou, starts)[pc])
-        _, first = np.unique(pc[at_max], return_index=True)
-        return pg[at_max[first]]
+        pc = np.repeat(np.arange(len(cands)), per)
+        pg = gt_start[cand_item[cands]][pc] + (np.arange(pc.size) - starts[pc])
+        iou = self._iou(boxes[pg], cand_boxes[cands][pc])
+        return _grouped_max(iou, starts, pc, pg)[1]
+
+
+def _grouped_max(values, starts, group, ids):
+    """
+    For pairs sorted into contiguous groups (``group``: the group of each pair, groups
+    beginning at ``starts``): each group's maximum of ``values`` and the ``ids`` of its
+    first pair at that maximum (``torch.max(dim)``'s choice among ties).
+    """
+    if not len(values):
+        return np.zeros(0, values.dtype), np.zeros(0, ids.dtype)
+    best = np.maximum.reduceat(values, starts)
+    at_max = np.flatnonzero(values == best[group])
+    _, first = np.unique(group[at_max], return_index=True)
+    return best, ids[at_max[first]]
 
 
 def _image_gt(d: Dict) -> Tuple[np.ndarray, np.ndarray]:
