@@ -284,6 +284,12 @@ class AnchorCounter:
         """
         For every gt box, every anchor that can have IoU >= its threshold with it.
 
+        ``IoU >= t`` needs the intersection ``I >= t (A_a + A_g) / (1 + t)``. Per (box,
+        cell anchor) that bounds the rows (vertical centre offsets, with the widest
+        horizontal overlap ``min(w_a, w_g)``); per row, whose vertical overlap ``o_y`` is
+        then known, it bounds the horizontal offsets by ``I / o_y``. Both bounds are
+        widened by 1e-3 of a cell for float32 rounding.
+
         Args:
             boxes: (G, 4) float32 gt boxes; thresholds: (G,) one per box.
             item_of_gt: (G,) item of each box; grids: (n, L, 2) grid sizes per item;
@@ -300,25 +306,35 @@ class AnchorCounter:
         aw, ah, acx, acy, H, W = self._cell_geometry(grids, item_of_gt)
         aa = aw * ah
         need = tt * (aa + ga) / (1 + tt)  # the least intersection for IoU >= t
-        dx = (aw + gw) / 2 - need / np.minimum(ah, gh)  # the largest centre offsets
-        dy = (ah + gh) / 2 - need / np.minimum(aw, gw)
-        ok = (dx >= 0) & (dy >= 0) & (np.minimum(aa, ga) >= tt * np.maximum(aa, ga))
+        dy = (ah + gh) / 2 - need / np.minimum(aw, gw)  # the largest vertical offset
+        ok = (dy >= 0) & (np.minimum(aa, ga) >= tt * np.maximum(aa, ga))
         s, base = self._cell_stride[None], self._cell_base[None]
         eps = 1e-3  # of a cell, for rounding
-        x_lo = np.maximum(np.ceil((gcx - dx - acx - base) / s - eps), 0).astype(np.int64)
-        x_hi = np.minimum(np.floor((gcx + dx - acx - base) / s + eps), W - 1).astype(np.int64)
         y_lo = np.maximum(np.ceil((gcy - dy - acy - base) / s - eps), 0).astype(np.int64)
         y_hi = np.minimum(np.floor((gcy + dy - acy - base) / s + eps), H - 1).astype(np.int64)
-        nx = np.where(ok, x_hi - x_lo + 1, 0).clip(min=0).ravel()
         ny = np.where(ok, y_hi - y_lo + 1, 0).clip(min=0).ravel()
-        cnt = nx * ny
-        combo = np.repeat(np.arange(cnt.size), cnt)  # the (box, cell) of each pair
-        k = np.arange(combo.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        # rows: one per (box, cell, grid row) in the vertical bound
+        combo = np.repeat(np.arange(ny.size), ny)  # the (box, cell) of each row
         g, cell = np.divmod(combo, len(self._cell_table))
-        ix = x_lo.ravel()[combo] + k % nx[combo]
-        iy = y_lo.ravel()[combo] + k // nx[combo]
+        iy = y_lo.ravel()[combo] + (np.arange(combo.size) - np.repeat(np.cumsum(ny) - ny, ny))
+        s, base = self._cell_stride[cell], self._cell_base[cell]
+        cw, ch = aw[0, cell], ah[0, cell]
+        overlap_y = np.minimum(np.minimum(ch, gh[g, 0]),
+                               (ch + gh[g, 0]) / 2 - np.abs(gcy[g, 0] - acy[0, cell] - base
+                                                            - iy * s)) + eps * s
+        need_x = need.ravel()[combo] / np.maximum(overlap_y, 1e-300)
+        dx = (cw + gw[g, 0]) / 2 - need_x  # the row's largest horizontal offset
+        row_ok = (overlap_y > 0) & (need_x <= np.minimum(cw, gw[g, 0]) + eps * s)
+        x0 = gcx[g, 0] - acx[0, cell] - base
+        x_lo = np.maximum(np.ceil((x0 - dx) / s - eps), 0).astype(np.int64)
+        x_hi = np.minimum(np.floor((x0 + dx) / s + eps), W.ravel()[combo] - 1).astype(np.int64)
+        nx = np.where(row_ok, x_hi - x_lo + 1, 0).clip(min=0)
+        # pairs: one per anchor of each row's horizontal bound
+        row = np.repeat(np.arange(nx.size), nx)
+        ix = x_lo[row] + (np.arange(row.size) - np.repeat(np.cumsum(nx) - nx, nx))
+        g, cell, iy = g[row], cell[row], iy[row]
         it, lvl = item_of_gt[g], self._cell_level[cell]
-        flat = (level_start[it, lvl] + (iy * W.ravel()[combo] + ix) * self._cell_count[cell]
+        flat = (level_start[it, lvl] + (iy * W.ravel()[combo[row]] + ix) * self._cell_count[cell]
                 + self._cell_index[cell])
         return g, it, flat, self._anchor_boxes(cell, ix, iy)
 
