@@ -15,7 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.matcher import Matcher
-from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures import Boxes, BoxMode, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from scratchdet.data import register_coco_dataset
@@ -30,7 +30,13 @@ from scratchdet.sampling_free import (
     initialize_priors,
 )
 from scratchdet.sampling_free import prior_heads
-from scratchdet.sampling_free.prior import _image_gt, load_or_count, resize_options
+from scratchdet.sampling_free.prior import (
+    _Batch,
+    _group_pairs,
+    _image_gt,
+    load_or_count,
+    resize_options,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SF_DEMO = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
@@ -167,6 +173,111 @@ def test_sparse_anchor_boxes_are_detectron2s_bit_for_bit():
         iy, ix, a = np.meshgrid(np.arange(h), np.arange(w), np.arange(len(cells)), indexing="ij")
         got = counter._anchor_boxes(cells[a.ravel()], ix.ravel(), iy.ravel())
         assert np.array_equal(got, anchors.numpy())
+
+
+def test_sparse_iou_equals_pairwise_iou_bit_for_bit():
+    """The counter's float32 IoU is Detectron2's ``pairwise_iou`` entry for entry, for
+    boxes that overlap, touch, nest, coincide or are apart."""
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 900, (4000, 2)).astype(np.float32)
+    wh = (rng.uniform(0.5, 400, (4000, 2)) * rng.choice([0.01, 1, 3], (4000, 1))).astype(np.float32)
+    a = np.concatenate([xy, xy + wh], 1)
+    b = (a + rng.uniform(-60, 60, a.shape) * rng.choice([0, 0.1, 1], (4000, 1))).astype(np.float32)
+    b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 0.25)
+    b[::7] = a[::7]  # identical boxes
+    b[1::7, 0] = a[1::7, 2]  # touching on an edge
+    b[1::7, 2] = a[1::7, 2] + 10
+    got = AnchorCounter._iou(a, b)
+    want = torch.diagonal(pairwise_iou(Boxes(torch.from_numpy(a)), Boxes(torch.from_numpy(b))))
+    assert got.dtype == np.float32 and np.array_equal(got, want.numpy())
+    assert (got == 1).sum() >= 4000 // 7 and (got == 0).sum() > 500 and ((got > 0) & (got < 1)).any()
+
+
+def test_group_pairs_groups_every_anchor_with_boxes_in_order():
+    """The hash grouping equals a sort by (anchor, box), collisions included: 60k pairs in
+    a table of 2**18 slots, a fifth of the anchors shared by up to 4 boxes."""
+    rng = np.random.default_rng(2)
+    anchors = rng.choice(10 ** 9, 50_000, replace=False)
+    anchor = np.concatenate([anchors] + [anchors[rng.random(50_000) < 0.2] for _ in range(3)])
+    box = rng.integers(0, 500, len(anchor))
+    keep = np.unique(np.stack([anchor, box], 1), axis=0, return_index=True)[1]
+    anchor, box = anchor[keep], box[keep]  # one pair per (box, anchor), in any order
+    perm = rng.permutation(len(anchor))
+    anchor, box = anchor[perm], box[perm]
+    order, first = _group_pairs(anchor, box, 500)
+    assert sorted(order.tolist()) == list(range(len(anchor)))
+    groups = np.split(order, np.flatnonzero(first)[1:])
+    assert first[0] and len(groups) == len(np.unique(anchor)) > 50_000 * 0.99
+    for grp in groups[::97] + [grp for grp in groups if len(grp) > 1][::13]:
+        assert len(set(anchor[grp])) == 1 and (np.diff(box[grp]) > 0).all()
+    assert sum(len(grp) > 1 for grp in groups) > 5000
+    # against a sort by (anchor, box): the same groups, boxes in the same order
+    ref = np.lexsort((box, anchor))
+    want = np.split(box[ref], np.flatnonzero(np.diff(anchor[ref])) + 1)
+    got = sorted(groups, key=lambda grp: anchor[grp[0]])
+    assert all(np.array_equal(box[g], w) for g, w in zip(got, want)) and len(got) == len(want)
+
+
+def test_image_batch_builds_the_items_make_item_builds():
+    """The vectorised items of many images at many sizes equal :meth:`make_item`'s, one
+    by one: the same float32 boxes (scaled, clipped, filtered), classes, grids, weights."""
+    rng = np.random.default_rng(3)
+    counter = _random_counter(rng)
+    augs = [T.ResizeShortestEdge((96, 128, 128, 160), 200, sample_style="choice")]
+    images, items = [], []
+    for _ in range(12):
+        h, w = (int(x) for x in rng.integers(20, 300, 2))
+        boxes, classes = _random_boxes(rng, h, w)
+        sizes = np.array([(nh, nw, n) for (nh, nw), n in resize_options(augs, h, w)], np.int64)
+        images.append((boxes, classes, h, w, sizes))
+        for nh, nw, n in sizes:
+            scale = np.array([nw / w, nh / h, nw / w, nh / h])
+            items.append(counter.make_item(boxes * scale, classes, int(nh), int(nw), int(n)))
+    batch, image_of = counter.image_batch(images)
+    want = _Batch.of(items, len(counter.anchor_generator.strides))
+    assert image_of.tolist() == [i for i, im in enumerate(images) for _ in im[4]]
+    assert batch.boxes.dtype == want.boxes.dtype == np.float32
+    for name in ("boxes", "classes", "counts", "grids", "weights"):
+        assert np.array_equal(getattr(batch, name), getattr(want, name)), name
+    assert len(batch.boxes) > 20 and (batch.weights == 2).any()
+    assert np.array_equal(counter.count_batch(batch)[0], counter.count_items(items)[0])
+
+
+def test_image_gt_converts_as_the_mapper_does():
+    """``_image_gt`` gives, box for box, what the mapper's ``BoxMode.convert`` of each
+    annotation gives (float32 arithmetic for Python floats, XYXY boxes untouched),
+    whatever the number types and modes, crowd boxes dropped and corners ordered."""
+    def mapper_boxes(annos):
+        out = [np.array(BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS), np.float64)
+               for a in annos if not a.get("iscrowd", 0)]
+        b = np.array(out).reshape(-1, 4)
+        return np.concatenate([b[:, :2].clip(max=b[:, 2:]), b[:, 2:].clip(min=b[:, :2])], 1)
+
+    xywh, xyxy = BoxMode.XYWH_ABS, BoxMode.XYXY_ABS
+    cases = {
+        "floats": [dict(bbox=[0.1, 0.7, 10.3, 5.9], bbox_mode=xywh, category_id=1),
+                   dict(bbox=[100.13, 3.3, 0.37, 7.7], bbox_mode=xywh, category_id=0)],
+        "ints and mixed": [dict(bbox=[3, 4, 10, 20], bbox_mode=xywh, category_id=0),
+                           dict(bbox=[3, 4.1, 10, 20], bbox_mode=xywh, category_id=2)],
+        "xyxy floats": [dict(bbox=[0.1, 0.7, 10.3, 5.9], bbox_mode=xyxy, category_id=1)],
+        "both modes, crowd": [dict(bbox=[0.1, 0.7, 10.3, 5.9], bbox_mode=xyxy, category_id=1),
+                              dict(bbox=(1.1, 2.2, 3.3, 4.4), bbox_mode=xywh, category_id=0),
+                              dict(bbox=[5, 5, 1, 1], bbox_mode=xywh, category_id=0, iscrowd=1)],
+        "numpy scalars": [dict(bbox=list(np.array([0.1, 0.7, 10.3, 5.9])), bbox_mode=xywh,
+                               category_id=0),
+                          dict(bbox=list(np.array([1.1, 0.7, 10.3, 5.9], np.float32)),
+                               bbox_mode=xywh, category_id=1)],
+        "inverted": [dict(bbox=[10.5, 8.25, -4.1, -2.2], bbox_mode=xywh, category_id=0),
+                     dict(bbox=[30.0, 8.0, 20.5, 2.0], bbox_mode=xyxy, category_id=1)],
+        "huge ints": [dict(bbox=[2 ** 25 + 1, 3, 5, 7], bbox_mode=xywh, category_id=0)],
+    }
+    for name, annos in cases.items():
+        boxes, classes = _image_gt({"annotations": annos})
+        assert boxes.dtype == np.float64 and np.array_equal(boxes, mapper_boxes(annos)), name
+        assert classes.tolist() == [a["category_id"] for a in annos if not a.get("iscrowd", 0)]
+    # float32 arithmetic is visible: 0.1 + 10.3 in float32 is not the float64 sum
+    assert _image_gt({"annotations": cases["floats"]})[0][0, 2] != 0.1 + 10.3
+    assert _image_gt({"annotations": []})[0].shape == (0, 4)
 
 
 def test_cache_reused_and_invalidated(tmp_path, monkeypatch):

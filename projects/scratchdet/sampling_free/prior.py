@@ -34,7 +34,6 @@ import torch
 
 import detectron2.data.transforms as T
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
-from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
 
 from ..data.ssd_augment import PhotometricDistort
@@ -44,8 +43,9 @@ __all__ = ["PriorCounts", "AnchorCounter", "resize_options", "count_dataset", "p
            "load_or_count", "PRIOR_VERSION"]
 
 logger = logging.getLogger(__name__)
-PRIOR_VERSION = 3  # 2: boxes filtered at the mapper's 1e-5, sizes deduplicated; 3: boxes
-# of negative width or height ordered as the mapper orders them
+PRIOR_VERSION = 4  # 2: boxes filtered at the mapper's 1e-5, sizes deduplicated; 3: boxes
+# of negative width or height ordered as the mapper orders them; 4: XYXY_ABS boxes kept in
+# float64 as the mapper keeps them (were rounded to float32), one digest of the data
 
 
 @dataclass
@@ -125,6 +125,35 @@ class _Item:
     weight: int = 1
 
 
+@dataclass
+class _Batch:
+    """
+    n items in flat arrays: the boxes (G, 4) float32 (clipped, non-empty) and classes
+    (G,) int64 of all items, item after item; ``counts`` (n,) boxes per item; ``grids``
+    (n, L, 2) int64 grid sizes per item and level; ``weights`` (n,) int64.
+    """
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    counts: np.ndarray
+    grids: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def of(cls, items: Sequence[_Item], levels: int) -> "_Batch":
+        return cls(np.concatenate([it.boxes for it in items] + [np.zeros((0, 4), np.float32)]),
+                   np.concatenate([it.classes for it in items] + [np.zeros(0, np.int64)]),
+                   np.array([len(it.boxes) for it in items], np.int64),
+                   np.array([it.grid for it in items], np.int64).reshape(len(items), levels, 2),
+                   np.array([it.weight for it in items], np.int64))
+
+    def item(self, i: int) -> _Item:
+        start = int(self.counts[:i].sum())
+        end = start + int(self.counts[i])
+        return _Item(self.boxes[start:end], self.classes[start:end],
+                     tuple((int(h), int(w)) for h, w in self.grids[i]), int(self.weights[i]))
+
+
 class AnchorCounter:
     """
     Labels anchors with a head's anchor generator and matcher, as in training.
@@ -133,19 +162,21 @@ class AnchorCounter:
 
     - :meth:`count` (dense, the reference): builds all the image's anchors and runs the
       head's :class:`Matcher` on the full ``pairwise_iou`` matrix.
-    - :meth:`count_items` (sparse, used by :func:`count_dataset`): for each gt box and
-      each cell anchor it computes the window of grid positions whose anchor *can* reach
-      the matcher's lowest threshold ``t`` (``IoU >= t`` needs the intersection
+    - :meth:`count_items` / :meth:`count_batch` (sparse; :func:`count_dataset` builds
+      its batches with :meth:`image_batch`): for each gt box, each cell anchor and each
+      grid row it computes the grid positions whose anchor *can* reach the matcher's
+      lowest threshold ``t`` (``IoU >= t`` needs the intersection
       ``>= t (A_a + A_g) / (1 + t)``, which bounds the centre offsets), and only those
-      anchors get an IoU (with Detectron2's ``matched_pairwise_iou``, bit-identical to the
-      entries of ``pairwise_iou``). Every other anchor has IoU < t with every box, so it
-      is background. For the low-quality rule, a box whose best window IoU ``m`` is below
+      anchors get an IoU (float32, bit-identical to the entries of Detectron2's
+      ``pairwise_iou``). Every other anchor has IoU < t with every box, so it is
+      background. For the low-quality rule, a box whose best window IoU ``m`` is below
       ``t`` widens its window to IoU >= m, which holds all its best (tied) anchors. The
       Matcher's thresholds, labels and low-quality rule are then applied over these
-      (box, anchor) pairs; images where that argument fails (a box with no overlapping
-      anchor) fall back to the dense path. It runs for Detectron2's ``Matcher`` with
-      background below the lowest threshold and grid anchor generators
-      (``DefaultAnchorGenerator`` and subclasses); anything else uses the dense path.
+      (box, anchor) pairs, grouped by anchor (:func:`_group_pairs`); images where that
+      argument fails (a box with no overlapping anchor) fall back to the dense path. It
+      runs for Detectron2's ``Matcher`` with background below the lowest threshold and
+      grid anchor generators (``DefaultAnchorGenerator`` and subclasses); anything else
+      uses the dense path.
 
     Args:
         anchor_generator: a Detectron2 anchor generator (``strides``, ``offset``,
@@ -176,6 +207,7 @@ class AnchorCounter:
             self._cell_count = np.array([len(self._cells[lv]) for lv in self._cell_level])
             self._cell_stride = np.array([self._strides[lv] for lv in self._cell_level], np.float64)
             self._cell_base = off * self._cell_stride
+            self._cells_per_level = np.array([len(c) for c in self._cells], np.int64)
 
     def _sparse_supported(self) -> bool:
         from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
@@ -194,6 +226,14 @@ class AnchorCounter:
         if d > 1:
             height, width = _ceil_div(height, d) * d, _ceil_div(width, d) * d
         return tuple((_ceil_div(height, s), _ceil_div(width, s)) for s in self._strides)
+
+    def _grids(self, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """:meth:`grid_sizes` of n images at once: (n, L, 2) int64."""
+        d = self.size_divisibility
+        if d > 1:
+            heights, widths = -(-heights // d) * d, -(-widths // d) * d
+        s = np.array(self._strides, np.int64)
+        return np.stack([-(-heights[:, None] // s), -(-widths[:, None] // s)], -1)
 
     @staticmethod
     def _clean_gt(boxes, classes, height, width):
@@ -230,28 +270,61 @@ class AnchorCounter:
             anchors per item (both unweighted); per_class: (C,) int64 foreground anchors
             per gt class summed over items, each item times its ``weight``.
         """
-        n = len(items)
-        fg, valid = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        return self.count_batch(_Batch.of(items, len(self._strides)))
+
+    def image_batch(self, images: Sequence[Tuple]) -> Tuple[_Batch, np.ndarray]:
+        """
+        The items of many images, each image at each of its sizes, as :meth:`make_item`
+        makes them one by one (the same arithmetic, on all boxes at once).
+
+        Args:
+            images: per image ``(boxes, classes, height, width, sizes)``: boxes (G, 4)
+                float64 XYXY at ``height x width``, classes (G,), and ``sizes`` (S, 3)
+                int64 rows ``(h, w, weight)``, the sizes it is resized to.
+        Returns:
+            the batch of all (image, size) items, and (n,) the image of each item.
+        """
+        per_image = np.array([len(im[4]) for im in images], np.int64)
+        sizes = np.concatenate([im[4] for im in images]).reshape(-1, 3)
+        image_of = np.repeat(np.arange(len(images)), per_image)
+        orig = np.array([(im[2], im[3]) for im in images], np.float64).reshape(-1, 2)
+        num_gt = np.array([len(im[0]) for im in images], np.int64)
+        boxes = np.concatenate([np.asarray(im[0], np.float64).reshape(-1, 4) for im in images])
+        classes = np.concatenate([np.asarray(im[1], np.int64).reshape(-1) for im in images])
+        # every box of an image, once per size of the image
+        per_item = num_gt[image_of]
+        item = np.repeat(np.arange(len(sizes)), per_item)
+        src = (np.cumsum(num_gt) - num_gt)[image_of][item] + _ranks(per_item)
+        h, w = sizes[:, 0], sizes[:, 1]
+        sx, sy = w / orig[image_of, 1], h / orig[image_of, 0]
+        b = (boxes[src] * np.stack([sx, sy, sx, sy], 1)[item]).astype(np.float32)
+        b[:, 0::2] = b[:, 0::2].clip(0, w.astype(np.float32)[item, None])  # as _clean_gt
+        b[:, 1::2] = b[:, 1::2].clip(0, h.astype(np.float32)[item, None])
+        keep = ((b[:, 2] - b[:, 0]) > 1e-5) & ((b[:, 3] - b[:, 1]) > 1e-5)
+        batch = _Batch(b[keep], classes[src][keep],
+                       np.bincount(item[keep], minlength=len(sizes)).astype(np.int64),
+                       self._grids(h, w), sizes[:, 2].copy())
+        return batch, image_of
+
+    def count_batch(self, batch: _Batch) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`count_items` of a :class:`_Batch`."""
+        n = len(batch.counts)
+        fg = np.zeros(n, np.int64)
         per_class = np.zeros(self.num_classes, np.int64)
         if not self.sparse:
-            for i, it in enumerate(items):
-                f, v, pc = self._dense_item(it)
-                fg[i], valid[i] = f, v
-                per_class += it.weight * pc
+            valid = np.zeros(n, np.int64)
+            for i in range(n):
+                fg[i], valid[i], pc = self._dense_item(batch.item(i))
+                per_class += batch.weights[i] * pc
             return fg, valid, per_class
-        total = np.array([sum(h * w * len(c) for (h, w), c in zip(it.grid, self._cells))
-                          for it in items], np.int64)
-        valid[:] = total
-        with_gt = [i for i, it in enumerate(items) if len(it.boxes)]
-        if with_gt:
-            f, ign, pc, bad = self._sparse(items, with_gt)
-            fg[with_gt] = f
-            valid[with_gt] -= ign
+        valid = (batch.grids[..., 0] * batch.grids[..., 1] * self._cells_per_level).sum(1)
+        if len(batch.boxes):
+            f, ign, pc, bad = self._sparse(batch)
+            fg[:], valid[:] = f, valid - ign
             per_class += pc
             for i in bad:  # a box overlapping no anchor: Detectron2's rule needs all anchors
-                f, v, pc_i = self._dense_item(items[i])
-                per_class += items[i].weight * pc_i
-                fg[i], valid[i] = f, v
+                fg[i], valid[i], pc_i = self._dense_item(batch.item(i))
+                per_class += batch.weights[i] * pc_i
         return fg, valid, per_class
 
     def _dense_item(self, it: _Item):
@@ -316,7 +389,7 @@ class AnchorCounter:
         # rows: one per (box, cell, grid row) in the vertical bound
         combo = np.repeat(np.arange(ny.size), ny)  # the (box, cell) of each row
         g, cell = np.divmod(combo, len(self._cell_table))
-        iy = y_lo.ravel()[combo] + (np.arange(combo.size) - np.repeat(np.cumsum(ny) - ny, ny))
+        iy = y_lo.ravel()[combo] + _ranks(ny)
         s, base = self._cell_stride[cell], self._cell_base[cell]
         cw, ch = aw[0, cell], ah[0, cell]
         overlap_y = np.minimum(np.minimum(ch, gh[g, 0]),
@@ -326,17 +399,20 @@ class AnchorCounter:
         dx = (cw + gw[g, 0]) / 2 - need_x  # the row's largest horizontal offset
         row_ok = (overlap_y > 0) & (need_x <= np.minimum(cw, gw[g, 0]) + eps * s)
         x0 = gcx[g, 0] - acx[0, cell] - base
+        width = W.ravel()[combo]
         x_lo = np.maximum(np.ceil((x0 - dx) / s - eps), 0).astype(np.int64)
-        x_hi = np.minimum(np.floor((x0 + dx) / s + eps), W.ravel()[combo] - 1).astype(np.int64)
+        x_hi = np.minimum(np.floor((x0 + dx) / s + eps), width - 1).astype(np.int64)
         nx = np.where(row_ok, x_hi - x_lo + 1, 0).clip(min=0)
         # pairs: one per anchor of each row's horizontal bound
+        it = item_of_gt[g]
+        step = self._cell_count[cell]
+        first = (level_start[it, self._cell_level[cell]] + (iy * width + x_lo) * step
+                 + self._cell_index[cell])  # the anchor index of the row's first pair
         row = np.repeat(np.arange(nx.size), nx)
-        ix = x_lo[row] + (np.arange(row.size) - np.repeat(np.cumsum(nx) - nx, nx))
+        k = _ranks(nx)
+        ix = x_lo[row] + k
         g, cell, iy = g[row], cell[row], iy[row]
-        it, lvl = item_of_gt[g], self._cell_level[cell]
-        flat = (level_start[it, lvl] + (iy * W.ravel()[combo[row]] + ix) * self._cell_count[cell]
-                + self._cell_index[cell])
-        return g, it, flat, self._anchor_boxes(cell, ix, iy)
+        return g, it[row], first[row] + k * step[row], self._anchor_boxes(cell, ix, iy)
 
     def _anchor_boxes(self, cell, ix, iy) -> np.ndarray:
         """(k, 4) float32 anchors of cells ``cell`` (rows of the cell table) at grid
@@ -345,7 +421,12 @@ class AnchorCounter:
         s, base = self._cell_stride[cell], self._cell_base[cell]
         sx = (base + ix * s).astype(np.float32)
         sy = (base + iy * s).astype(np.float32)
-        return np.stack([sx, sy, sx, sy], 1) + self._cell_table[cell]
+        boxes = self._cell_table[cell]
+        boxes[:, 0] += sx
+        boxes[:, 1] += sy
+        boxes[:, 2] += sx
+        boxes[:, 3] += sy
+        return boxes
 
     def _nearest_iou(self, boxes, item_of_gt, grids):
         """(G,) a lower bound of each box's best IoU: the best over the anchors (every
@@ -371,25 +452,32 @@ class AnchorCounter:
 
     @staticmethod
     def _iou(gt: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        """Element-wise IoU of (k, 4) float32 pairs: Detectron2's ``matched_pairwise_iou``,
-        whose values equal the entries of ``pairwise_iou`` bit for bit."""
-        return matched_pairwise_iou(Boxes(torch.from_numpy(np.ascontiguousarray(gt))),
-                                    Boxes(torch.from_numpy(anchors))).numpy()
+        """Element-wise IoU of (k, 4) float32 pairs, with the float32 operations of
+        Detectron2's ``pairwise_iou`` in its order (areas; intersection clamped at 0;
+        ``inter / (area_gt + area_anchor - inter)``), so that every value equals its
+        ``pairwise_iou`` entry bit for bit (a test checks it)."""
+        gx1, gy1, gx2, gy2 = gt.T
+        ax1, ay1, ax2, ay2 = anchors.T
+        w = np.minimum(gx2, ax2) - np.maximum(gx1, ax1)
+        h = np.minimum(gy2, ay2) - np.maximum(gy1, ay1)
+        inter = np.maximum(w, 0, out=w)
+        inter *= np.maximum(h, 0, out=h)
+        union = (gx2 - gx1) * (gy2 - gy1)
+        union += (ax2 - ax1) * (ay2 - ay1)
+        union -= inter
+        return np.divide(inter, union, out=inter)
 
-    def _sparse(self, items, rows):
+    def _sparse(self, batch: _Batch):
         """
-        Counts of ``items[rows]`` (each with >= 1 box). Returns (fg, ignored per row, per
-        class sum, rows that need the dense path); the sums leave those rows out.
+        Counts of a batch's items. Returns (fg, ignored per item, per class sum, items that
+        need the dense path); the sums leave those items out.
         """
         m = self.matcher
-        sub = [items[i] for i in rows]
-        grids = np.array([it.grid for it in sub], np.int64)  # (n, L, 2)
-        sizes = grids[:, :, 0] * grids[:, :, 1] * np.array([len(c) for c in self._cells])
+        grids, counts, boxes, classes = batch.grids, batch.counts, batch.boxes, batch.classes
+        n = len(counts)
+        sizes = grids[:, :, 0] * grids[:, :, 1] * self._cells_per_level
         level_start = np.cumsum(sizes, axis=1) - sizes
-        counts = np.array([len(it.boxes) for it in sub], np.int64)
-        boxes = np.concatenate([it.boxes for it in sub]).astype(np.float32)
-        classes = np.concatenate([it.classes for it in sub])
-        item_of_gt = np.repeat(np.arange(len(sub)), counts)
+        item_of_gt = np.repeat(np.arange(n), counts)
 
         # each box's window: IoU >= the lowest threshold, or, under the low-quality rule,
         # IoU >= a lower bound of its best IoU when that is lower (its best anchors, ties
@@ -403,12 +491,10 @@ class AnchorCounter:
         # A pair below its box's threshold changes no label and no match (see below): drop
         # it. Then group the pairs by anchor, boxes in order within an anchor.
         kept = np.flatnonzero(iou >= thr[g] * (1 - 1e-5))
-        key = (it[kept] * (int(sizes.sum(1).max()) + 1) + flat[kept]) * len(boxes) + g[kept]
-        by_key = np.argsort(key)
-        order, key = kept[by_key], key[by_key] // len(boxes)
+        by_anchor, new = _group_pairs(it[kept] * (int(sizes.sum(1).max()) + 1) + flat[kept],
+                                      g[kept], len(boxes))
+        order = kept[by_anchor]
         g, iou, it = g[order], iou[order], it[order]
-        new = np.ones(len(key), bool)
-        new[1:] = key[1:] != key[:-1]
         starts = np.flatnonzero(new)
         cand = np.cumsum(new) - 1  # candidate anchor of each pair
         cand_item = it[starts]
@@ -417,12 +503,10 @@ class AnchorCounter:
         # can matter (>= the lowest threshold); for the others the label is background.
         col_max, matched = _grouped_max(iou, starts, cand, g)
 
-        # the Matcher's rule on these values (torch float32 comparisons, as in Matcher)
-        vals = torch.from_numpy(col_max)
-        labels = torch.ones(len(vals), dtype=torch.int8)
-        for lab, lo, hi in zip(m.labels, m.thresholds[:-1], m.thresholds[1:]):
-            labels[(vals >= lo) & (vals < hi)] = lab
-        labels = labels.numpy()
+        # the Matcher's rule on these values: label l where lo <= value < hi, the
+        # thresholds rounded to float32 as torch compares a float32 tensor with them
+        labels = np.array(m.labels, np.int8)[
+            np.searchsorted(np.array(m.thresholds[1:-1], np.float32), col_max, side="right")]
         gt_max = np.zeros(len(boxes), np.float32)
         np.maximum.at(gt_max, g, iou)
         if m.allow_low_quality_matches:
@@ -437,14 +521,13 @@ class AnchorCounter:
         bad = np.unique(item_of_gt[gt_max <= 0])  # a box that overlaps no anchor at all
         keep = ~np.isin(cand_item, bad)
         is_fg = (labels == 1) & keep
-        fg = np.bincount(cand_item[is_fg], minlength=len(sub))
-        ign = np.bincount(cand_item[(labels == -1) & keep], minlength=len(sub))
-        weights = np.array([x.weight for x in sub], np.int64)
+        fg = np.bincount(cand_item[is_fg], minlength=n)
+        ign = np.bincount(cand_item[(labels == -1) & keep], minlength=n)
         fg_cls = classes[matched[is_fg]]
         known = fg_cls < self.num_classes  # as the dense path's bincount(...)[:C]
-        per_class = np.zeros(self.num_classes, np.int64)
-        np.add.at(per_class, fg_cls[known], weights[cand_item[is_fg]][known])
-        return fg, ign, per_class, [rows[j] for j in bad]
+        per_class = np.bincount(fg_cls[known], batch.weights[cand_item[is_fg]][known],
+                                minlength=self.num_classes)[: self.num_classes]
+        return fg, ign, per_class.astype(np.int64), [int(j) for j in bad]
 
     def _argmax_all(self, cands, cand_item, cand_boxes, boxes, counts):
         """The first box of maximal IoU among all boxes of each candidate's item."""
@@ -455,6 +538,41 @@ class AnchorCounter:
         pg = gt_start[cand_item[cands]][pc] + (np.arange(pc.size) - starts[pc])
         iou = self._iou(boxes[pg], cand_boxes[cands][pc])
         return _grouped_max(iou, starts, pc, pg)[1]
+
+
+def _ranks(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, ..., k - 1 for every k of ``lengths``, concatenated."""
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def _group_pairs(anchor: np.ndarray, box: np.ndarray, num_boxes: int):
+    """
+    An order of (box, anchor) pairs that puts the pairs of each anchor together, boxes
+    ascending within an anchor, and (P,) bool: the first pair of each anchor in it.
+
+    Most anchors are near one box only. A hash table of 4P to 8P slots (each pair writes its
+    index to its anchor's slot; a slot then holds one of its writers) finds the pairs
+    whose slot more than one pair wrote to (the same anchor or a collision): only those
+    are sorted; every other pair is an anchor of its own.
+
+    Args:
+        anchor: (P,) int64 >= 0, the anchor of each pair; box: (P,) its box, < num_boxes.
+    """
+    n = len(anchor)
+    bits = max(16, (4 * n).bit_length())
+    slot = ((anchor.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+            >> np.uint64(64 - bits)).astype(np.intp)  # Fibonacci hashing
+    table = np.empty(1 << bits, np.int32)
+    pair = np.arange(n, dtype=np.int32)
+    table[slot] = pair
+    crowded = np.zeros(1 << bits, bool)
+    crowded[slot[table[slot] != pair]] = True
+    many = crowded[slot]
+    alone, rest = np.flatnonzero(~many), np.flatnonzero(many)
+    rest = rest[np.argsort(anchor[rest] * num_boxes + box[rest])]
+    first = np.ones(n, bool)
+    first[len(alone) + 1:] = anchor[rest[1:]] != anchor[rest[:-1]]
+    return np.concatenate([alone, rest]), first
 
 
 def _grouped_max(values, starts, group, ids):
@@ -471,25 +589,40 @@ def _grouped_max(values, starts, group, ids):
     return best, ids[at_max[first]]
 
 
+_NUMBERS = (int, float)
+
+
 def _image_gt(d: Dict) -> Tuple[np.ndarray, np.ndarray]:
-    """(G, 4) XYXY boxes (float64) and (G,) classes of the non-crowd annotations, converted
-    with the arithmetic of Detectron2's mapper (``BoxMode.convert`` of a list: float32,
-    or int64 when every coordinate is an integer). A box of negative width or height
-    has its corners ordered, as the mapper's ``apply_box`` (min and max of the
-    transformed corners) orders them: training sees it, so it is counted."""
-    annos = [a for a in d.get("annotations", []) if a.get("iscrowd", 0) == 0]
+    """
+    (G, 4) XYXY boxes (float64) and (G,) classes of the non-crowd annotations, with the
+    arithmetic of Detectron2's mapper, whose ``BoxMode.convert`` of one annotation's
+    list gives XYXY_ABS boxes unchanged and computes XYWH_ABS ones in the dtype of
+    ``torch.tensor(bbox)``: float32 for Python floats (and for Python ints below 2**24,
+    where float32 is exact as int64 is). Those common cases are converted for all boxes
+    at once; any other (other modes or number types) box by box with ``BoxMode.convert``
+    itself. A box of negative width or height has its corners ordered, as the mapper's
+    ``apply_box`` (min and max of the transformed corners) orders them: training sees
+    it, so it is counted.
+    """
+    annos = [a for a in d.get("annotations", ()) if a.get("iscrowd", 0) == 0]
     classes = np.array([a["category_id"] for a in annos], dtype=np.int64)
     if not annos:
         return np.zeros((0, 4)), classes
-    raw = torch.tensor([list(a["bbox"]) for a in annos])
-    modes = [a["bbox_mode"] for a in annos]
-    boxes = np.zeros((len(annos), 4))
-    for mode in set(modes):
-        sel = [i for i, m in enumerate(modes) if m == mode]
-        boxes[sel] = BoxMode.convert(raw[sel], mode, BoxMode.XYXY_ABS).double().numpy()
-    boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]),
-                            np.maximum(boxes[:, :2], boxes[:, 2:])], 1)
-    return boxes, classes
+    bboxes = [a["bbox"] for a in annos]
+    xywh = np.array([a["bbox_mode"] == BoxMode.XYWH_ABS for a in annos])
+    plain = (all(a["bbox_mode"] in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in annos)
+             and all(type(b) in (list, tuple) and len(b) == 4 for b in bboxes)
+             and all(type(x) in _NUMBERS for b in bboxes for x in b))
+    boxes = np.array(bboxes, np.float64) if plain else None
+    if plain and xywh.any() and np.abs(boxes[xywh]).max() < 2 ** 24:
+        f = boxes[xywh].astype(np.float32)
+        f[:, 2:] += f[:, :2]
+        boxes[xywh] = f
+    elif not plain or xywh.any():
+        boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                          for a in annos], np.float64).reshape(-1, 4)
+    return np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]),
+                           np.maximum(boxes[:, :2], boxes[:, 2:])], 1), classes
 
 
 def count_dataset(dataset_dicts: Sequence[Dict], counter: AnchorCounter, augmentations=(),
@@ -498,7 +631,7 @@ def count_dataset(dataset_dicts: Sequence[Dict], counter: AnchorCounter, augment
     Count over ``dataset_dicts`` (every rank counts its shard ``rank::world_size``; the
     integer counts are summed over ranks, so any number of processes gives the same
     result). ``head_classes`` is the C of the prior (1 for an RPN). Images are counted
-    ``chunk`` at a time (every size of each) with :meth:`AnchorCounter.count_items`.
+    ``chunk`` at a time (every size of each) with :meth:`AnchorCounter.count_batch`.
     """
     t0 = time.perf_counter()
     rank, world = comm.get_rank(), comm.get_world_size()
@@ -512,21 +645,18 @@ def count_dataset(dataset_dicts: Sequence[Dict], counter: AnchorCounter, augment
         bar = tqdm(total=len(shard), desc="counting anchors for the prior", unit="img",
                    mininterval=2)
     for c0 in range(0, len(shard), chunk):
-        items, rows = [], []
+        images = []
         for row in range(c0, min(c0 + chunk, len(shard))):
             d = dataset_dicts[shard[row]]
             h, w = int(d["height"]), int(d["width"])
-            boxes, classes = _image_gt(d)
             if (h, w) not in options:
-                options[(h, w)] = resize_options(augmentations, h, w)
-            for (nh, nw), n in options[(h, w)]:
-                scaled = boxes * np.array([nw / w, nh / h, nw / w, nh / h])
-                items.append(counter.make_item(scaled, classes, nh, nw, n))
-                rows.append(row)
-        fg, valid, pc = counter.count_items(items)
-        weights = np.array([it.weight for it in items], np.int64)
-        np.add.at(per_image, (np.array(rows, np.int64), 0), fg * weights)
-        np.add.at(per_image, (np.array(rows, np.int64), 1), valid * weights)
+                options[(h, w)] = np.array([(nh, nw, n) for (nh, nw), n in
+                                            resize_options(augmentations, h, w)], np.int64)
+            images.append(_image_gt(d) + (h, w, options[(h, w)]))
+        batch, image_of = counter.image_batch(images)
+        fg, valid, pc = counter.count_batch(batch)
+        np.add.at(per_image, (c0 + image_of, 0), fg * batch.weights)
+        np.add.at(per_image, (c0 + image_of, 1), valid * batch.weights)
         per_class += pc
         if bar is not None:
             bar.update(min(c0 + chunk, len(shard)) - c0)
@@ -560,14 +690,11 @@ def _ratio_stderr(per_image: np.ndarray) -> float:
 
 def _dicts_digest(dataset_dicts: Sequence[Dict]) -> str:
     """Digest of what the counts read from the data: sizes, boxes, classes, crowd flags."""
-    h = hashlib.sha1()
-    for d in dataset_dicts:
-        h.update(f"{d['height']},{d['width']};".encode())
-        for a in d.get("annotations", []):
-            h.update(json.dumps([list(map(float, a["bbox"])), int(a["bbox_mode"]),
-                                 a["category_id"], a.get("iscrowd", 0)]).encode())
-        h.update(b"|")
-    return h.hexdigest()
+    rows = [[d["height"], d["width"], [[list(map(float, a["bbox"])), int(a["bbox_mode"]),
+                                        a["category_id"], a.get("iscrowd", 0)]
+                                       for a in d.get("annotations", ())]]
+            for d in dataset_dicts]
+    return hashlib.sha1(json.dumps(rows).encode()).hexdigest()
 
 
 def prior_fingerprint(dataset_names, dataset_dicts, counter: AnchorCounter, augmentations,
