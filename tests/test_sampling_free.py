@@ -175,6 +175,37 @@ def test_sparse_anchor_boxes_are_detectron2s_bit_for_bit():
         assert np.array_equal(got, anchors.numpy())
 
 
+def test_sparse_windows_hold_every_pair_at_the_threshold_with_its_exact_iou():
+    """``_windows`` returns exactly the (box, anchor) pairs whose ``pairwise_iou`` entry
+    reaches the box's threshold, each with that entry's value bit for bit."""
+    rng = np.random.default_rng(4)
+    checked = 0
+    for _ in range(25):
+        counter = _random_counter(rng)
+        h, w = (int(x) for x in rng.integers(40, 400, 2))
+        boxes, classes = _random_boxes(rng, h, w)
+        it = counter.make_item(boxes, classes, h, w)
+        if not len(it.boxes):
+            continue
+        batch = _Batch.of([it], len(counter.anchor_generator.strides))
+        sizes = batch.grids[:, :, 0] * batch.grids[:, :, 1] * counter._cells_per_level
+        thr = rng.uniform(0.05, 0.8, len(it.boxes))
+        pairs = counter._windows(it.boxes, np.arange(len(it.boxes)), thr,
+                                 np.zeros(len(it.boxes), np.int64), batch.grids,
+                                 np.cumsum(sizes, 1) - sizes)
+        anchors = Boxes(torch.cat(counter.anchor_generator._grid_anchors(
+            [list(g) for g in it.grid])))
+        dense = pairwise_iou(Boxes(torch.from_numpy(it.boxes)), anchors).numpy()
+        want = {(int(i), int(j)) for i, j in zip(*np.nonzero(dense >= thr[:, None]))}
+        got = list(zip(pairs.box.tolist(), pairs.flat.tolist()))
+        assert len(got) == len(set(got)) and set(got) == want
+        assert np.array_equal(pairs.iou, dense[pairs.box, pairs.flat])
+        assert np.array_equal(counter._pair_anchors([pairs], np.arange(len(got))),
+                              anchors.tensor.numpy()[pairs.flat])
+        checked += len(got)
+    assert checked > 1000
+
+
 def test_sparse_iou_equals_pairwise_iou_bit_for_bit():
     """The counter's float32 IoU is Detectron2's ``pairwise_iou`` entry for entry, for
     boxes that overlap, touch, nest, coincide or are apart."""

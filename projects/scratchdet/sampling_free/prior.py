@@ -27,7 +27,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -86,28 +86,46 @@ def resize_options(augmentations: Sequence, height: int, width: int) -> List[Tup
     likely ways (e.g. ``ResizeShortestEdge(640)``, which Detectron2 stores as (640, 640))
     is listed once with weight n, and counted once at weight n.
     """
-    sizes = {(height, width): 1}
+    return _sizes_after(_resize_steps(augmentations), height, width)
+
+
+_SIZE_PRESERVING = (T.RandomFlip, T.RandomBrightness, T.RandomContrast, T.RandomSaturation,
+                    T.RandomLighting, T.NoOpTransform, PhotometricDistort)
+
+
+def _resize_steps(augmentations: Sequence) -> List[Tuple]:
+    """The resizes of ``augmentations`` in plain numbers, read once (a LazyConfig's
+    augmentations hold OmegaConf lists): ``("short", lengths, max_size)`` or
+    ``("fixed", (h, w))``. An augmentation not modelled is logged and skipped."""
+    steps = []
     for aug in augmentations:
         if isinstance(aug, T.ResizeShortestEdge):
-            lengths = list(aug.short_edge_length)
+            lengths = [int(x) for x in aug.short_edge_length]
             if aug.is_range:
                 lo, hi = lengths
                 lengths = sorted({int(round(x)) for x in np.linspace(lo, hi, 8)})
-            new: Dict[Tuple[int, int], int] = {}
-            for (h, w), n in sizes.items():
-                for s in lengths:
-                    key = T.ResizeShortestEdge.get_output_shape(h, w, s, aug.max_size)
-                    new[key] = new.get(key, 0) + n
-            sizes = new
+            steps.append(("short", lengths, aug.max_size))
         elif isinstance(aug, T.Resize):
-            sizes = {tuple(aug.shape): sum(sizes.values())}
-        elif isinstance(aug, (T.RandomFlip, T.RandomBrightness, T.RandomContrast,
-                              T.RandomSaturation, T.RandomLighting, T.NoOpTransform,
-                              PhotometricDistort)):
-            continue
-        else:
+            steps.append(("fixed", tuple(int(x) for x in aug.shape)))
+        elif not isinstance(aug, _SIZE_PRESERVING):
             logger.warning("prior: augmentation %s is not modelled; counting without it",
                            type(aug).__name__)
+    return steps
+
+
+def _sizes_after(steps: Sequence[Tuple], height: int, width: int) -> List[Tuple[Tuple[int, int], int]]:
+    """:func:`resize_options` of :func:`_resize_steps`."""
+    sizes = {(height, width): 1}
+    for step in steps:
+        if step[0] == "short":
+            new: Dict[Tuple[int, int], int] = {}
+            for (h, w), n in sizes.items():
+                for s in step[1]:
+                    key = T.ResizeShortestEdge.get_output_shape(h, w, s, step[2])
+                    new[key] = new.get(key, 0) + n
+            sizes = new
+        else:
+            sizes = {step[1]: sum(sizes.values())}
     return [((int(h), int(w)), int(n)) for (h, w), n in sizes.items()]
 
 
@@ -194,6 +212,7 @@ class AnchorCounter:
         self.num_classes = int(num_classes)
         self.size_divisibility = int(size_divisibility or 0)
         self._strides = [int(s) for s in anchor_generator.strides]
+        self.pairs = 0  # (box, anchor) pairs matched so far by the sparse path
         self.sparse = self._sparse_supported()
         if self.sparse:
             self._cells = [c.detach().cpu().numpy().astype(np.float32)
@@ -353,66 +372,103 @@ class AnchorCounter:
         g = grids[item_of_gt][:, self._cell_level]  # (G, cells, 2)
         return aw, ah, acx, acy, g[..., 0], g[..., 1]
 
-    def _windows(self, boxes, thresholds, item_of_gt, grids, level_start):
+    def _windows(self, boxes, sel, thresholds, item_of_gt, grids, level_start) -> "_Pairs":
         """
-        For every gt box, every anchor that can have IoU >= its threshold with it.
+        Every pair of a box of ``sel`` and an anchor whose IoU reaches the box's threshold.
 
         ``IoU >= t`` needs the intersection ``I >= t (A_a + A_g) / (1 + t)``. Per (box,
-        cell anchor) that bounds the rows (vertical centre offsets, with the widest
-        horizontal overlap ``min(w_a, w_g)``); per row, whose vertical overlap ``o_y`` is
-        then known, it bounds the horizontal offsets by ``I / o_y``. Both bounds are
-        widened by 1e-3 of a cell for float32 rounding.
+        cell anchor), centred boxes overlap the most, ``min(w_a, w_g) min(h_a, h_g)``: a
+        combination below ``I`` is skipped. Per combination, ``I`` bounds the rows
+        (vertical centre offsets, with the widest horizontal overlap ``min(w_a, w_g)``);
+        per row, whose vertical overlap ``o_y`` is then known, it bounds the horizontal
+        offsets by ``I / o_y``. Both bounds are widened by 1e-3 of a cell for float32
+        rounding. The IoU of every anchor in these bounds is then computed exactly, and
+        the pairs below ``t`` are dropped.
+
+        The IoU is Detectron2's ``pairwise_iou`` entry, bit for bit (see :meth:`_iou`):
+        the float32 anchor corners are the sums ``shift + cell anchor`` of
+        ``_grid_anchors`` (the shifts are exact: integer and half-integer multiples), and
+        the operations are ``pairwise_iou``'s, in its order. The vertical ones are done
+        once per row.
 
         Args:
-            boxes: (G, 4) float32 gt boxes; thresholds: (G,) one per box.
+            boxes: (G, 4) float32 gt boxes; sel: (S,) the boxes to pair; thresholds: (S,)
+                float64, one per box of ``sel``.
             item_of_gt: (G,) item of each box; grids: (n, L, 2) grid sizes per item;
             level_start: (n, L) index of each level's first anchor in its item.
-        Returns:
-            (box id, item, anchor index within the item, anchor boxes (k, 4) float32), one
-            entry per (box, anchor) pair in the box's window.
         """
-        b = boxes.astype(np.float64)
-        gw, gh = (b[:, 2] - b[:, 0])[:, None], (b[:, 3] - b[:, 1])[:, None]
-        gcx, gcy = ((b[:, 0] + b[:, 2]) / 2)[:, None], ((b[:, 1] + b[:, 3]) / 2)[:, None]
-        ga = gw * gh
-        tt = np.asarray(thresholds, np.float64)[:, None]
-        aw, ah, acx, acy, H, W = self._cell_geometry(grids, item_of_gt)
-        aa = aw * ah
-        need = tt * (aa + ga) / (1 + tt)  # the least intersection for IoU >= t
-        dy = (ah + gh) / 2 - need / np.minimum(aw, gw)  # the largest vertical offset
-        ok = (dy >= 0) & (np.minimum(aa, ga) >= tt * np.maximum(aa, ga))
-        s, base = self._cell_stride[None], self._cell_base[None]
-        eps = 1e-3  # of a cell, for rounding
-        y_lo = np.maximum(np.ceil((gcy - dy - acy - base) / s - eps), 0).astype(np.int64)
-        y_hi = np.minimum(np.floor((gcy + dy - acy - base) / s + eps), H - 1).astype(np.int64)
-        ny = np.where(ok, y_hi - y_lo + 1, 0).clip(min=0).ravel()
-        # rows: one per (box, cell, grid row) in the vertical bound
-        combo = np.repeat(np.arange(ny.size), ny)  # the (box, cell) of each row
-        g, cell = np.divmod(combo, len(self._cell_table))
-        iy = y_lo.ravel()[combo] + _ranks(ny)
+        b32 = boxes[sel]
+        b = b32.astype(np.float64)
+        gw, gh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        gcx, gcy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        tt = np.asarray(thresholds, np.float64)
+        c = self._cell_table.astype(np.float64)
+        aw, ah = c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]
+        acx, acy = (c[:, 0] + c[:, 2]) / 2, (c[:, 1] + c[:, 3]) / 2
+        # (box, cell) combinations that can reach t at all (1e-4 spare for float32)
+        need = tt[:, None] / (1 + tt[:, None]) * (aw * ah + (gw * gh)[:, None])
+        most = np.minimum(aw, gw[:, None]) * np.minimum(ah, gh[:, None])
+        g, cell = np.divmod(np.flatnonzero(most * (1 + 1e-4) >= need), len(c))
+        need = need[g, cell]
+        aw, ah, gw, gh = aw[cell], ah[cell], gw[g], gh[g]
         s, base = self._cell_stride[cell], self._cell_base[cell]
-        cw, ch = aw[0, cell], ah[0, cell]
-        overlap_y = np.minimum(np.minimum(ch, gh[g, 0]),
-                               (ch + gh[g, 0]) / 2 - np.abs(gcy[g, 0] - acy[0, cell] - base
-                                                            - iy * s)) + eps * s
-        need_x = need.ravel()[combo] / np.maximum(overlap_y, 1e-300)
-        dx = (cw + gw[g, 0]) / 2 - need_x  # the row's largest horizontal offset
-        row_ok = (overlap_y > 0) & (need_x <= np.minimum(cw, gw[g, 0]) + eps * s)
-        x0 = gcx[g, 0] - acx[0, cell] - base
-        width = W.ravel()[combo]
-        x_lo = np.maximum(np.ceil((x0 - dx) / s - eps), 0).astype(np.int64)
-        x_hi = np.minimum(np.floor((x0 + dx) / s + eps), width - 1).astype(np.int64)
-        nx = np.where(row_ok, x_hi - x_lo + 1, 0).clip(min=0)
-        # pairs: one per anchor of each row's horizontal bound
-        it = item_of_gt[g]
+        level, it = self._cell_level[cell], item_of_gt[sel][g]
+        eps = 1e-3  # of a cell, for rounding
+        dy = (ah + gh) / 2 - need / np.minimum(aw, gw)  # the largest vertical offset
+        y0 = gcy[g] - acy[cell] - base
+        y_lo = np.maximum(np.ceil((y0 - dy) / s - eps), 0).astype(np.int64)
+        y_hi = np.minimum(np.floor((y0 + dy) / s + eps),
+                          grids[it, level, 0] - 1).astype(np.int64)
+        ny = (y_hi - y_lo + 1).clip(min=0)
+        # per combination, what its rows need
+        half_h, min_h = (ah + gh) / 2, np.minimum(ah, gh)
+        half_w, min_w = (aw + gw) / 2, np.minimum(aw, gw)
+        x0 = gcx[g] - acx[cell] - base
+        width = grids[it, level, 1]
         step = self._cell_count[cell]
-        first = (level_start[it, self._cell_level[cell]] + (iy * width + x_lo) * step
-                 + self._cell_index[cell])  # the anchor index of the row's first pair
-        row = np.repeat(np.arange(nx.size), nx)
-        k = _ranks(nx)
-        ix = x_lo[row] + k
-        g, cell, iy = g[row], cell[row], iy[row]
-        return g, it[row], first[row] + k * step[row], self._anchor_boxes(cell, ix, iy)
+        row_base = level_start[it, level] + self._cell_index[cell]
+
+        # rows: one per (box, cell, grid row) in the vertical bound
+        combo = np.repeat(np.arange(len(ny)), ny)  # the (box, cell) of each row
+        iy = y_lo[combo] + _ranks(ny)
+        s_r = s[combo]
+        overlap_y = np.minimum(min_h[combo], half_h[combo] - np.abs(y0[combo] - iy * s_r)) \
+            + eps * s_r
+        need_x = need[combo] / np.maximum(overlap_y, 1e-300)
+        dx = half_w[combo] - need_x  # the row's largest horizontal offset
+        row_ok = (overlap_y > 0) & (need_x <= min_w[combo] + eps * s_r)
+        x0_r = x0[combo]
+        x_lo = np.maximum(np.ceil((x0_r - dx) / s_r - eps), 0).astype(np.int64)
+        x_hi = np.minimum(np.floor((x0_r + dx) / s_r + eps),
+                          width[combo] - 1).astype(np.int64)
+        nx = np.where(row_ok, x_hi - x_lo + 1, 0).clip(min=0)
+        # the row's vertical IoU terms (float32): the anchors' top and bottom, the
+        # overlap with the box, the anchor height, the box's corners and area
+        cell_r, g_r = cell[combo], g[combo]
+        cells = self._cell_table
+        sy = (base[combo] + iy * s_r).astype(np.float32)
+        ay1, ay2 = sy + cells[cell_r, 1], sy + cells[cell_r, 3]
+        gx1, gy1, gx2, gy2 = (np.ascontiguousarray(x) for x in b32[g_r].T)
+        h = np.minimum(gy2, ay2) - np.maximum(gy1, ay1)
+        np.maximum(h, 0, out=h)
+        a_h = ay2 - ay1
+        area_g = (gx2 - gx1) * (gy2 - gy1)
+
+        # pairs: one per anchor of each row's horizontal bound
+        row = np.repeat(np.arange(len(nx)), nx)
+        ix = np.arange(len(row)) + (x_lo - (np.cumsum(nx) - nx))[row]
+        sx = (base[combo][row] + ix * s_r[row]).astype(np.float32)
+        ax1, ax2 = sx + cells[cell_r, 0][row], sx + cells[cell_r, 2][row]
+        w = np.minimum(gx2[row], ax2) - np.maximum(gx1[row], ax1)
+        np.maximum(w, 0, out=w)
+        inter = w * h[row]
+        union = area_g[row] + (ax2 - ax1) * a_h[row]
+        union -= inter
+        iou = np.divide(inter, union, out=inter)
+        kept = np.flatnonzero(iou >= tt[g_r][row])
+        rk = row[kept]
+        flat = (row_base[combo] + iy * width[combo] * step[combo])[rk] + ix[kept] * step[combo][rk]
+        return _Pairs(sel[g_r[rk]], it[combo][rk], flat, iou[kept], rk, ix[kept], cell_r, iy)
 
     def _anchor_boxes(self, cell, ix, iy) -> np.ndarray:
         """(k, 4) float32 anchors of cells ``cell`` (rows of the cell table) at grid
@@ -479,21 +535,26 @@ class AnchorCounter:
         level_start = np.cumsum(sizes, axis=1) - sizes
         item_of_gt = np.repeat(np.arange(n), counts)
 
-        # each box's window: IoU >= the lowest threshold, or, under the low-quality rule,
-        # IoU >= a lower bound of its best IoU when that is lower (its best anchors, ties
-        # included, are then in the window)
-        thr = np.full(len(boxes), self._t_low)
+        # Each box's window: every anchor of IoU >= the lowest threshold. A pair below its
+        # box's threshold changes no label and no match (see below): it is dropped.
+        t_low = self._t_low * (1 - 1e-5)
+        parts = [self._windows(boxes, np.arange(len(boxes)), np.full(len(boxes), t_low),
+                               item_of_gt, grids, level_start)]
         if m.allow_low_quality_matches:
-            thr = np.minimum(thr, self._nearest_iou(boxes, item_of_gt, grids))
-        g, it, flat, anchor = self._windows(boxes, thr * (1 - 1e-5), item_of_gt, grids,
-                                            level_start)
-        iou = self._iou(boxes[g], anchor)
-        # A pair below its box's threshold changes no label and no match (see below): drop
-        # it. Then group the pairs by anchor, boxes in order within an anchor.
-        kept = np.flatnonzero(iou >= thr[g] * (1 - 1e-5))
-        by_anchor, new = _group_pairs(it[kept] * (int(sizes.sum(1).max()) + 1) + flat[kept],
-                                      g[kept], len(boxes))
-        order = kept[by_anchor]
+            # a box with no anchor at the lowest threshold: its window widens to IoU >= a
+            # lower bound of its best IoU (its best anchors, ties included, are then in it)
+            reached = np.zeros(len(boxes), bool)
+            reached[parts[0].box] = True
+            low = np.flatnonzero(~reached)
+            if len(low):
+                thr = np.minimum(self._t_low, self._nearest_iou(boxes[low], item_of_gt[low],
+                                                                 grids)) * (1 - 1e-5)
+                parts.append(self._windows(boxes, low, thr, item_of_gt, grids, level_start))
+        g, it, flat, iou = (np.concatenate(x) if len(parts) > 1 else x[0]
+                            for x in zip(*(p[:4] for p in parts)))
+        self.pairs += len(g)
+        # group the pairs by anchor, boxes in order within an anchor
+        order, new = _group_pairs(it * (int(sizes.sum(1).max()) + 1) + flat, g, len(boxes))
         g, iou, it = g[order], iou[order], it[order]
         starts = np.flatnonzero(new)
         cand = np.cumsum(new) - 1  # candidate anchor of each pair
@@ -505,8 +566,10 @@ class AnchorCounter:
 
         # the Matcher's rule on these values: label l where lo <= value < hi, the
         # thresholds rounded to float32 as torch compares a float32 tensor with them
-        labels = np.array(m.labels, np.int8)[
-            np.searchsorted(np.array(m.thresholds[1:-1], np.float32), col_max, side="right")]
+        interval = np.zeros(len(col_max), np.int8)
+        for t in m.thresholds[1:-1]:  # sorted (Matcher checks it)
+            interval += col_max >= np.float32(t)
+        labels = np.array(m.labels, np.int8)[interval]
         gt_max = np.zeros(len(boxes), np.float32)
         np.maximum.at(gt_max, g, iou)
         if m.allow_low_quality_matches:
@@ -516,8 +579,9 @@ class AnchorCounter:
             # over all the item's boxes, some of which may not hold it in their window
             redo = promoted[col_max[promoted] < self._t_low]
             if len(redo):
-                matched[redo] = self._argmax_all(redo, cand_item, anchor[order[starts]],
-                                                 boxes, counts)
+                matched[redo] = self._argmax_all(
+                    redo, cand_item, self._pair_anchors(parts, order[starts[redo]]), boxes,
+                    counts)
         bad = np.unique(item_of_gt[gt_max <= 0])  # a box that overlaps no anchor at all
         keep = ~np.isin(cand_item, bad)
         is_fg = (labels == 1) & keep
@@ -529,15 +593,42 @@ class AnchorCounter:
                                 minlength=self.num_classes)[: self.num_classes]
         return fg, ign, per_class.astype(np.int64), [int(j) for j in bad]
 
+    def _pair_anchors(self, parts: Sequence["_Pairs"], pairs: np.ndarray) -> np.ndarray:
+        """(k, 4) the anchor boxes of ``pairs``, indices into the concatenated ``parts``."""
+        out = np.empty((len(pairs), 4), np.float32)
+        offset = 0
+        for part in parts:
+            mine = (pairs >= offset) & (pairs < offset + len(part.box))
+            p = pairs[mine] - offset
+            out[mine] = self._anchor_boxes(part.cell[part.row[p]], part.ix[p], part.iy[part.row[p]])
+            offset += len(part.box)
+        return out
+
     def _argmax_all(self, cands, cand_item, cand_boxes, boxes, counts):
-        """The first box of maximal IoU among all boxes of each candidate's item."""
+        """The first box of maximal IoU among all boxes of each candidate's item, for
+        candidate anchors ``cands`` whose boxes are ``cand_boxes`` (len(cands), 4)."""
         gt_start = np.cumsum(counts) - counts
         per = counts[cand_item[cands]]
         starts = np.cumsum(per) - per
         pc = np.repeat(np.arange(len(cands)), per)
-        pg = gt_start[cand_item[cands]][pc] + (np.arange(pc.size) - starts[pc])
-        iou = self._iou(boxes[pg], cand_boxes[cands][pc])
+        pg = gt_start[cand_item[cands]][pc] + _ranks(per)
+        iou = self._iou(boxes[pg], cand_boxes[pc])
         return _grouped_max(iou, starts, pc, pg)[1]
+
+
+class _Pairs(NamedTuple):
+    """(box, anchor) pairs of :meth:`AnchorCounter._windows`, with what rebuilds their
+    anchor boxes: (k,) each of ``box``, ``item``, ``flat`` (anchor index within the
+    item), ``iou``, ``row`` and ``ix`` (grid column); per row ``cell`` and ``iy``."""
+
+    box: np.ndarray
+    item: np.ndarray
+    flat: np.ndarray
+    iou: np.ndarray
+    row: np.ndarray
+    ix: np.ndarray
+    cell: np.ndarray
+    iy: np.ndarray
 
 
 def _ranks(lengths: np.ndarray) -> np.ndarray:
@@ -550,7 +641,7 @@ def _group_pairs(anchor: np.ndarray, box: np.ndarray, num_boxes: int):
     An order of (box, anchor) pairs that puts the pairs of each anchor together, boxes
     ascending within an anchor, and (P,) bool: the first pair of each anchor in it.
 
-    Most anchors are near one box only. A hash table of 4P to 8P slots (each pair writes its
+    Most anchors are near one box only. A hash table of 8P to 16P slots (each pair writes its
     index to its anchor's slot; a slot then holds one of its writers) finds the pairs
     whose slot more than one pair wrote to (the same anchor or a collision): only those
     are sorted; every other pair is an anchor of its own.
@@ -559,7 +650,7 @@ def _group_pairs(anchor: np.ndarray, box: np.ndarray, num_boxes: int):
         anchor: (P,) int64 >= 0, the anchor of each pair; box: (P,) its box, < num_boxes.
     """
     n = len(anchor)
-    bits = max(16, (4 * n).bit_length())
+    bits = max(16, (8 * n).bit_length())
     slot = ((anchor.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
             >> np.uint64(64 - bits)).astype(np.intp)  # Fibonacci hashing
     table = np.empty(1 << bits, np.int32)
@@ -585,7 +676,9 @@ def _grouped_max(values, starts, group, ids):
         return np.zeros(0, values.dtype), np.zeros(0, ids.dtype)
     best = np.maximum.reduceat(values, starts)
     at_max = np.flatnonzero(values == best[group])
-    _, first = np.unique(group[at_max], return_index=True)
+    g = group[at_max]  # ascending: the first pair of each group at its maximum starts a run
+    first = np.ones(len(g), bool)
+    first[1:] = g[1:] != g[:-1]
     return best, ids[at_max[first]]
 
 
@@ -625,41 +718,56 @@ def _image_gt(d: Dict) -> Tuple[np.ndarray, np.ndarray]:
                            np.maximum(boxes[:, :2], boxes[:, 2:])], 1), classes
 
 
+# (box, anchor) pairs matched at once: enough to amortise numpy's per-call cost, few enough
+# that the temporaries stay small (allocations of several MB are mmap-ed, and their page
+# faults would cost more than the counting)
+CHUNK_PAIRS = 24_000
+
+
 def count_dataset(dataset_dicts: Sequence[Dict], counter: AnchorCounter, augmentations=(),
-                  head_classes: int = 1, progress: bool = True, chunk: int = 32) -> PriorCounts:
+                  head_classes: int = 1, progress: bool = True,
+                  chunk_pairs: int = CHUNK_PAIRS) -> PriorCounts:
     """
     Count over ``dataset_dicts`` (every rank counts its shard ``rank::world_size``; the
     integer counts are summed over ranks, so any number of processes gives the same
-    result). ``head_classes`` is the C of the prior (1 for an RPN). Images are counted
-    ``chunk`` at a time (every size of each) with :meth:`AnchorCounter.count_batch`.
+    result). ``head_classes`` is the C of the prior (1 for an RPN). Images are counted a
+    chunk at a time (every size of each) with :meth:`AnchorCounter.count_batch`, a chunk
+    holding the (box, size) combinations that the pairs per combination so far say make
+    about ``chunk_pairs`` pairs.
     """
     t0 = time.perf_counter()
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = list(range(rank, len(dataset_dicts), world))
     per_image = np.zeros((len(shard), 2), dtype=np.int64)  # fg, valid per image
     per_class = np.zeros(counter.num_classes, dtype=np.int64)
-    bar, options = None, {}
+    bar, options, steps = None, {}, _resize_steps(augmentations)
     if progress and comm.is_main_process():
         from tqdm import tqdm
 
         bar = tqdm(total=len(shard), desc="counting anchors for the prior", unit="img",
                    mininterval=2)
-    for c0 in range(0, len(shard), chunk):
-        images = []
-        for row in range(c0, min(c0 + chunk, len(shard))):
-            d = dataset_dicts[shard[row]]
+    c0, budget, combos, pairs = 0, chunk_pairs / 64, 0, 0
+    while c0 < len(shard):
+        images, load = [], 0
+        while c0 + len(images) < len(shard) and (not images or load < budget):
+            d = dataset_dicts[shard[c0 + len(images)]]
             h, w = int(d["height"]), int(d["width"])
             if (h, w) not in options:
                 options[(h, w)] = np.array([(nh, nw, n) for (nh, nw), n in
-                                            resize_options(augmentations, h, w)], np.int64)
+                                            _sizes_after(steps, h, w)], np.int64)
             images.append(_image_gt(d) + (h, w, options[(h, w)]))
+            load += max(len(images[-1][0]), 1) * len(options[(h, w)])
         batch, image_of = counter.image_batch(images)
+        before = counter.pairs
         fg, valid, pc = counter.count_batch(batch)
+        combos, pairs = combos + load, pairs + counter.pairs - before
+        budget = min(max(chunk_pairs * combos / max(pairs, 1), 16), 8 * chunk_pairs)
         np.add.at(per_image, (c0 + image_of, 0), fg * batch.weights)
         np.add.at(per_image, (c0 + image_of, 1), valid * batch.weights)
         per_class += pc
+        c0 += len(images)
         if bar is not None:
-            bar.update(min(c0 + chunk, len(shard)) - c0)
+            bar.update(len(images))
     if bar is not None:
         bar.close()
     if world > 1:
