@@ -34,6 +34,7 @@ from scratchdet.sampling_free.prior import (
     _Batch,
     _group_pairs,
     _image_gt,
+    _images_gt,
     load_or_count,
     resize_options,
 )
@@ -309,6 +310,14 @@ def test_image_gt_converts_as_the_mapper_does():
     # float32 arithmetic is visible: 0.1 + 10.3 in float32 is not the float64 sum
     assert _image_gt({"annotations": cases["floats"]})[0][0, 2] != 0.1 + 10.3
     assert _image_gt({"annotations": []})[0].shape == (0, 4)
+    # many images at once (as count_dataset reads a chunk): the same, image by image,
+    # whichever path the chunk takes (the huge ints send it box by box)
+    for names in (["floats", "ints and mixed", "both modes, crowd"], list(cases)):
+        dicts = [{"annotations": cases[n]} for n in names] + [{"annotations": []}]
+        boxes, classes, num = _images_gt(dicts)
+        assert num.tolist() == [len(_image_gt(d)[0]) for d in dicts]
+        assert np.array_equal(boxes, np.concatenate([_image_gt(d)[0] for d in dicts]))
+        assert np.array_equal(classes, np.concatenate([_image_gt(d)[1] for d in dicts]))
 
 
 def test_cache_reused_and_invalidated(tmp_path, monkeypatch):

@@ -218,6 +218,9 @@ class AnchorCounter:
             self._cells = [c.detach().cpu().numpy().astype(np.float32)
                            for c in anchor_generator.cell_anchors]
             self._t_low = float(matcher.thresholds[1])
+            # plain numbers (a LazyConfig-built Matcher may hold OmegaConf lists)
+            self._inner_thresholds = [np.float32(t) for t in list(matcher.thresholds)[1:-1]]
+            self._interval_labels = np.array([int(x) for x in matcher.labels], np.int8)
             # the cell anchors of all levels in one table, with their level's geometry
             off = float(anchor_generator.offset)
             self._cell_table = np.concatenate(self._cells)
@@ -399,6 +402,7 @@ class AnchorCounter:
         """
         b32 = boxes[sel]
         b = b32.astype(np.float64)
+        cols32 = [np.ascontiguousarray(x) for x in b32.T]  # x1, y1, x2, y2
         gw, gh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
         gcx, gcy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
         tt = np.asarray(thresholds, np.float64)
@@ -448,7 +452,7 @@ class AnchorCounter:
         cells = self._cell_table
         sy = (base[combo] + iy * s_r).astype(np.float32)
         ay1, ay2 = sy + cells[cell_r, 1], sy + cells[cell_r, 3]
-        gx1, gy1, gx2, gy2 = (np.ascontiguousarray(x) for x in b32[g_r].T)
+        gx1, gy1, gx2, gy2 = (x[g_r] for x in cols32)
         h = np.minimum(gy2, ay2) - np.maximum(gy1, ay1)
         np.maximum(h, 0, out=h)
         a_h = ay2 - ay1
@@ -467,7 +471,8 @@ class AnchorCounter:
         iou = np.divide(inter, union, out=inter)
         kept = np.flatnonzero(iou >= tt[g_r][row])
         rk = row[kept]
-        flat = (row_base[combo] + iy * width[combo] * step[combo])[rk] + ix[kept] * step[combo][rk]
+        step_r = step[combo]
+        flat = (row_base[combo] + iy * width[combo] * step_r)[rk] + ix[kept] * step_r[rk]
         return _Pairs(sel[g_r[rk]], it[combo][rk], flat, iou[kept], rk, ix[kept], cell_r, iy)
 
     def _anchor_boxes(self, cell, ix, iy) -> np.ndarray:
@@ -566,10 +571,10 @@ class AnchorCounter:
 
         # the Matcher's rule on these values: label l where lo <= value < hi, the
         # thresholds rounded to float32 as torch compares a float32 tensor with them
-        interval = np.zeros(len(col_max), np.int8)
-        for t in m.thresholds[1:-1]:  # sorted (Matcher checks it)
-            interval += col_max >= np.float32(t)
-        labels = np.array(m.labels, np.int8)[interval]
+        interval = np.zeros(len(col_max), np.intp)
+        for t in self._inner_thresholds:  # ascending (Matcher checks it)
+            interval += col_max >= t
+        labels = self._interval_labels[interval]
         gt_max = np.zeros(len(boxes), np.float32)
         np.maximum.at(gt_max, g, iou)
         if m.allow_low_quality_matches:
@@ -697,10 +702,20 @@ def _image_gt(d: Dict) -> Tuple[np.ndarray, np.ndarray]:
     ``apply_box`` (min and max of the transformed corners) orders them: training sees
     it, so it is counted.
     """
-    annos = [a for a in d.get("annotations", ()) if a.get("iscrowd", 0) == 0]
+    boxes, classes, _ = _images_gt([d])
+    return boxes, classes
+
+
+def _images_gt(dicts: Sequence[Dict]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_image_gt` of many images at once: their boxes (G, 4) and classes (G,),
+    image after image, and (k,) the number of each image's boxes."""
+    per_image = [[a for a in d.get("annotations", ()) if a.get("iscrowd", 0) == 0]
+                 for d in dicts]
+    num = np.array([len(x) for x in per_image], np.int64)
+    annos = [a for x in per_image for a in x]
     classes = np.array([a["category_id"] for a in annos], dtype=np.int64)
     if not annos:
-        return np.zeros((0, 4)), classes
+        return np.zeros((0, 4)), classes, num
     bboxes = [a["bbox"] for a in annos]
     xywh = np.array([a["bbox_mode"] == BoxMode.XYWH_ABS for a in annos])
     plain = (all(a["bbox_mode"] in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in annos)
@@ -715,7 +730,7 @@ def _image_gt(d: Dict) -> Tuple[np.ndarray, np.ndarray]:
         boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
                           for a in annos], np.float64).reshape(-1, 4)
     return np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]),
-                           np.maximum(boxes[:, :2], boxes[:, 2:])], 1), classes
+                           np.maximum(boxes[:, :2], boxes[:, 2:])], 1), classes, num
 
 
 # (box, anchor) pairs matched at once: enough to amortise numpy's per-call cost, few enough
@@ -748,15 +763,20 @@ def count_dataset(dataset_dicts: Sequence[Dict], counter: AnchorCounter, augment
                    mininterval=2)
     c0, budget, combos, pairs = 0, chunk_pairs / 64, 0, 0
     while c0 < len(shard):
-        images, load = [], 0
-        while c0 + len(images) < len(shard) and (not images or load < budget):
-            d = dataset_dicts[shard[c0 + len(images)]]
+        dicts, sizes, load = [], [], 0
+        while c0 + len(dicts) < len(shard) and (not dicts or load < budget):
+            d = dataset_dicts[shard[c0 + len(dicts)]]
             h, w = int(d["height"]), int(d["width"])
             if (h, w) not in options:
                 options[(h, w)] = np.array([(nh, nw, n) for (nh, nw), n in
                                             _sizes_after(steps, h, w)], np.int64)
-            images.append(_image_gt(d) + (h, w, options[(h, w)]))
-            load += max(len(images[-1][0]), 1) * len(options[(h, w)])
+            dicts.append(d)
+            sizes.append((h, w, options[(h, w)]))
+            load += max(len(d.get("annotations", ())), 1) * len(options[(h, w)])
+        boxes, classes, num = _images_gt(dicts)
+        cut = np.cumsum(num)[:-1]
+        images = [(b, c) + hw for b, c, hw in zip(np.split(boxes, cut), np.split(classes, cut),
+                                                  sizes)]
         batch, image_of = counter.image_batch(images)
         before = counter.pairs
         fg, valid, pc = counter.count_batch(batch)
