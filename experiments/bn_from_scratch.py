@@ -54,20 +54,15 @@ SEED = 0
 
 
 def main(argv=None):
-    parser = C.make_parser(NAME, __doc__)
-    parser.add_argument("--lrs", type=float, nargs="+", default=None,
-                        help="learning rates (default: full 0.03 0.1, quick 0.03)")
-    parser.add_argument("--seed", type=int, default=SEED)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    size = QUICK if args.quick else FULL
+    def add_arguments(parser):
+        parser.add_argument("--lrs", type=float, nargs="+", default=None,
+                            help="learning rates (default: full 0.03 0.1, quick 0.03)")
+        parser.add_argument("--seed", type=int, default=SEED)
+
+    exp, args, size = C.begin(NAME, __doc__, argv, FULL, QUICK, add_arguments)
     lrs = args.lrs or size["lrs"]
-    exp = C.Experiment(NAME, args, iterations=size["iterations"],
-                       eval_images=size["eval_images"], argv=argv,
-                       settings=dict(config=C.rel(C.FOCAL_DEMO), learning_rates=lrs,
-                                     seeds=[args.seed], batch_size=size["batch_size"],
-                                     variants={k: dict(label=v[0], overrides=v[1])
-                                               for k, v in VARIANTS.items()}))
+    exp.settings.update(config=C.rel(C.FOCAL_DEMO), learning_rates=lrs, seeds=[args.seed],
+                        variants={k: dict(label=v[0], overrides=v[1]) for k, v in VARIANTS.items()})
     for lr in lrs:
         for variant, (label, overrides) in VARIANTS.items():
             key = f"{variant}_lr{lr:g}"

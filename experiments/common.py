@@ -151,6 +151,25 @@ def make_parser(name: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def begin(name: str, doc: str, argv: Optional[Sequence[str]], full: Dict, quick: Dict,
+          add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None):
+    """
+    An experiment's start: its command line (the common flags of :func:`make_parser` and
+    those ``add_arguments(parser)`` adds), its mode's sizes (``quick`` with ``--quick``,
+    else ``full``: iterations, batch_size, eval_images, ...) and its :class:`Experiment`,
+    whose settings the caller completes. Returns (experiment, args, size).
+    """
+    parser = make_parser(name, doc)
+    if add_arguments is not None:
+        add_arguments(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    size = quick if args.quick else full
+    exp = Experiment(name, args, iterations=size["iterations"], eval_images=size["eval_images"],
+                     settings=dict(batch_size=size["batch_size"]), argv=argv)
+    return exp, args, size
+
+
 class Experiment:
     """Output directory, mode, command line, evaluation dataset and the JSON record."""
 

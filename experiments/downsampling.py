@@ -140,20 +140,16 @@ def _check_strides(model, cfg):
 
 
 def main(argv=None):
-    parser = C.make_parser(NAME, __doc__)
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--studies", nargs="+", default=list(DOWNSAMPLING_STUDY),
-                        choices=list(DOWNSAMPLING_STUDY))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    size = QUICK if args.quick else FULL
+    def add_arguments(parser):
+        parser.add_argument("--seeds", type=int, nargs="+", default=None)
+        parser.add_argument("--studies", nargs="+", default=list(DOWNSAMPLING_STUDY),
+                            choices=list(DOWNSAMPLING_STUDY))
+
+    exp, args, size = C.begin(NAME, __doc__, argv, FULL, QUICK, add_arguments)
     seeds = args.seeds or size["seeds"]
     layouts = {}
-    exp = C.Experiment(NAME, args, iterations=size["iterations"],
-                       eval_images=size["eval_images"], argv=argv,
-                       settings=dict(config=C.rel(C.FOCAL_DEMO), learning_rates=[LR],
-                                     seeds=seeds, batch_size=size["batch_size"],
-                                     paper_voc07_map=PAPER_MAP, layouts=layouts))
+    exp.settings.update(config=C.rel(C.FOCAL_DEMO), learning_rates=[LR], seeds=seeds,
+                        paper_voc07_map=PAPER_MAP, layouts=layouts)
     for seed in seeds:
         for study in args.studies:
             key = f"{study}_seed{seed}"

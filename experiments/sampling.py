@@ -89,18 +89,11 @@ class FocalBiasHook(HookBase):
 
 
 def main(argv=None):
-    parser = C.make_parser(NAME, __doc__)
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    size = QUICK if args.quick else FULL
+    exp, args, size = C.begin(NAME, __doc__, argv, FULL, QUICK, lambda p: p.add_argument(
+        "--seeds", type=int, nargs="+", default=None))
     seeds = args.seeds or size["seeds"]
-    exp = C.Experiment(NAME, args, iterations=size["iterations"],
-                       eval_images=size["eval_images"], argv=argv,
-                       settings=dict(configs=dict(focal=C.rel(C.FOCAL_DEMO),
-                                                  sampling_free=C.rel(C.SF_DEMO)),
-                                     learning_rates=[LR], seeds=seeds,
-                                     batch_size=size["batch_size"], variants=LABELS))
+    exp.settings.update(configs=dict(focal=C.rel(C.FOCAL_DEMO), sampling_free=C.rel(C.SF_DEMO)),
+                        learning_rates=[LR], seeds=seeds, variants=LABELS)
     bs = [f"dataloader.train.total_batch_size={size['batch_size']}"]
     for seed in seeds:
         cfg = C.prepare_config(C.FOCAL_DEMO, exp, lr=LR, overrides=bs,
