@@ -73,6 +73,16 @@ def finish_args(args):
     return args
 
 
+def choose(value: str, known: Sequence[str], what: str) -> List[str]:
+    """The comma-separated names of ``value``, each one of ``known``; an unknown one stops
+    the benchmark with the choices."""
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    unknown = [x for x in names if x not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}(s) {unknown}; choose from {list(known)}")
+    return names
+
+
 def set_threads(threads: Optional[int]) -> None:
     """``torch.set_num_threads(threads)``; 0 or None keeps torch's default."""
     import torch

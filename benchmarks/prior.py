@@ -104,10 +104,7 @@ def main(argv=None):
     common.quiet_logs()
     from detectron2.config import instantiate
 
-    names = [x.strip() for x in args.settings.split(",") if x.strip()]
-    unknown = [x for x in names if x not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
+    names = common.choose(args.settings, list(SETTINGS), "setting")
     started = time.time()
     env = common.environment(args.device)
     print(f"prior on {env['device']['name']}: {len(names)} setting(s), {args.repeats} repeats",

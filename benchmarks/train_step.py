@@ -395,10 +395,7 @@ def main(argv=None):
                            ("max_size", 384, 192), ("memory_steps", 2, 1)):
         if getattr(args, k) is None:
             setattr(args, k, quick if q else full)
-    pairs = [x.strip() for x in args.pairs.split(",") if x.strip()]
-    unknown = [x for x in pairs if x not in PAIRS]
-    if unknown:
-        raise SystemExit(f"unknown pair(s) {unknown}; choose from {list(PAIRS)}")
+    pairs = common.choose(args.pairs, list(PAIRS), "pair")
 
     started = time.time()
     env = common.environment(args.device)
