@@ -315,7 +315,7 @@ def main(argv=None):
         note="decode + threshold + top-k + NMS on cached head outputs"))
     print(f"  post-processing: adaptive {statistics.median(a) * 1000:.2f} ms, 0.05 "
           f"{statistics.median(b) * 1000:.2f} ms per image", flush=True)
-    del pred, model, cached
+    pred = model = cached = None  # free the predictor before building the next models
     common.collect()
 
     # 3. Root-ResNet-34 vs ResNet-34 detectors ----------------------------------------------
