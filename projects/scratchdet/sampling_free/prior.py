@@ -129,10 +129,6 @@ def _sizes_after(steps: Sequence[Tuple], height: int, width: int) -> List[Tuple[
     return [((int(h), int(w)), int(n)) for (h, w), n in sizes.items()]
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 @dataclass
 class _Item:
     """One image at one size: clipped non-empty gt boxes (G, 4) float32, classes (G,)."""
@@ -244,10 +240,8 @@ class AnchorCounter:
     # -- geometry -------------------------------------------------------------------------
     def grid_sizes(self, height: int, width: int) -> Tuple[Tuple[int, int], ...]:
         """(H_l, W_l) of every level for an image of ``height x width`` (padded first)."""
-        d = self.size_divisibility
-        if d > 1:
-            height, width = _ceil_div(height, d) * d, _ceil_div(width, d) * d
-        return tuple((_ceil_div(height, s), _ceil_div(width, s)) for s in self._strides)
+        grid = self._grids(np.array([height], np.int64), np.array([width], np.int64))[0]
+        return tuple((int(h), int(w)) for h, w in grid)
 
     def _grids(self, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """:meth:`grid_sizes` of n images at once: (n, L, 2) int64."""
@@ -256,17 +250,6 @@ class AnchorCounter:
             heights, widths = -(-heights // d) * d, -(-widths // d) * d
         s = np.array(self._strides, np.int64)
         return np.stack([-(-heights[:, None] // s), -(-widths[:, None] // s)], -1)
-
-    @staticmethod
-    def _clean_gt(boxes, classes, height, width):
-        """As training sees them: clipped to the image and float32 (the mapper's
-        ``transform_instance_annotations``), and only the boxes wider and taller than 1e-5
-        (its ``filter_empty_instances``)."""
-        b = np.asarray(boxes, np.float64).reshape(-1, 4).astype(np.float32)
-        b[:, 0::2] = b[:, 0::2].clip(0, width)
-        b[:, 1::2] = b[:, 1::2].clip(0, height)
-        keep = ((b[:, 2] - b[:, 0]) > 1e-5) & ((b[:, 3] - b[:, 1]) > 1e-5)
-        return b[keep], np.asarray(classes, np.int64).reshape(-1)[keep]
 
     # -- counting ------------------------------------------------------------------------
     def count(self, boxes: np.ndarray, classes: np.ndarray, height: int, width: int):
@@ -279,9 +262,10 @@ class AnchorCounter:
 
     def make_item(self, boxes, classes, height: int, width: int, weight: int = 1) -> _Item:
         """An image of ``height x width`` (after resizing) with its gt ``boxes`` (G, 4)
-        XYXY in that size and their ``classes`` (G,)."""
-        gt, cls = self._clean_gt(boxes, classes, height, width)
-        return _Item(gt, cls, self.grid_sizes(height, width), weight)
+        XYXY in that size and their ``classes`` (G,): :meth:`image_batch` of it at its own
+        size (a scale of exactly 1)."""
+        size = np.array([[height, width, weight]], np.int64)
+        return self.image_batch([(boxes, classes, height, width, size)])[0].item(0)
 
     def count_items(self, items: Sequence[_Item]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """
@@ -296,8 +280,10 @@ class AnchorCounter:
 
     def image_batch(self, images: Sequence[Tuple]) -> Tuple[_Batch, np.ndarray]:
         """
-        The items of many images, each image at each of its sizes, as :meth:`make_item`
-        makes them one by one (the same arithmetic, on all boxes at once).
+        The items of many images, each image at each of its sizes: the boxes scaled to
+        the size (float64), then as training sees them: float32 and clipped to the image
+        (the mapper's ``transform_instance_annotations``), and only those wider and taller
+        than 1e-5 (its ``filter_empty_instances``).
 
         Args:
             images: per image ``(boxes, classes, height, width, sizes)``: boxes (G, 4)
@@ -320,7 +306,7 @@ class AnchorCounter:
         h, w = sizes[:, 0], sizes[:, 1]
         sx, sy = w / orig[image_of, 1], h / orig[image_of, 0]
         b = (boxes[src] * np.stack([sx, sy, sx, sy], 1)[item]).astype(np.float32)
-        b[:, 0::2] = b[:, 0::2].clip(0, w.astype(np.float32)[item, None])  # as _clean_gt
+        b[:, 0::2] = b[:, 0::2].clip(0, w.astype(np.float32)[item, None])
         b[:, 1::2] = b[:, 1::2].clip(0, h.astype(np.float32)[item, None])
         keep = ((b[:, 2] - b[:, 0]) > 1e-5) & ((b[:, 3] - b[:, 1]) > 1e-5)
         batch = _Batch(b[keep], classes[src][keep],
