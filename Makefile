@@ -12,6 +12,7 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt setup.py
 	@set -e; py=$$(bash tools/find_python310.sh); \
+	if [ ! -d $(VENV)/lib/python3.10/site-packages/torch ]; then bash tools/check_disk.sh . 7; fi; \
 	if [ ! -x $(PY) ] || ! $(PY) -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then \
 	  rm -rf $(VENV); echo "creating $(VENV) with $$py"; $$py -m venv $(VENV); fi
 	$(PY) -m pip install -q -r requirements.txt
