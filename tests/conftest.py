@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -8,12 +10,17 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """Generated datasets go to a per-session cache unless the caller chose one."""
-    if "SCRATCHDET_CACHE" not in os.environ:
-        os.environ["SCRATCHDET_CACHE"] = str(tmp_path_factory.mktemp("scratchdet_cache"))
-    yield
+# Generated datasets and prior caches go to a per-session cache unless the caller chose
+# one. Set here, when pytest imports this file and before any test module imports
+# scratchdet: the default shapes splits fix their directory when they are registered.
+_SESSION_CACHE = None
+if "SCRATCHDET_CACHE" not in os.environ:
+    _SESSION_CACHE = os.environ["SCRATCHDET_CACHE"] = tempfile.mkdtemp(prefix="scratchdet_cache_")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

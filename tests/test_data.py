@@ -15,6 +15,7 @@ from scratchdet.data import (
     register_coco_dataset,
     ssd_train_augmentations,
 )
+from scratchdet.data.shapes import ensure_shapes
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,21 @@ def test_shapes_is_deterministic_and_registered(tmp_path):
     assert meta.thing_classes == ["circle", "square", "triangle"]
     assert os.path.isfile(meta.json_file)
     assert not [p for p in os.listdir(os.path.dirname(meta.json_file)) if p.startswith(".tmp")]
+
+
+def test_shapes_split_keeps_its_directory_when_the_cache_variable_changes(tmp_path, monkeypatch):
+    """The metadata that COCOEvaluator reads and the data DatasetCatalog loads are the
+    same files, fixed at registration, whatever $SCRATCHDET_CACHE says later."""
+    meta = MetadataCatalog.get("scratchdet_shapes_val")
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("SCRATCHDET_CACHE", str(elsewhere))
+    dicts = DatasetCatalog.get("scratchdet_shapes_val")
+    assert os.path.isfile(meta.json_file)
+    assert {os.path.dirname(d["file_name"]) for d in dicts} == {meta.image_root}
+    assert not elsewhere.exists()
+    assert ensure_shapes("scratchdet_shapes_val") == meta.json_file
+    with open(meta.json_file) as f:
+        assert len(json.load(f)["images"]) == len(dicts) == 200
 
 
 def test_register_coco_at_a_path(coco_mini):

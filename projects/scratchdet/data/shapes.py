@@ -189,16 +189,22 @@ def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
     return ann_file
 
 
-def _load(name: str, spec: ShapesSpec) -> List[Dict]:
-    out_dir = shapes_dir(spec)
+def _load(name: str, spec: ShapesSpec, out_dir: str) -> List[Dict]:
     ann_file = generate_shapes(spec, out_dir)
     return load_coco_json(ann_file, os.path.join(out_dir, "images"), name)
 
 
 def register_shapes(name: str, spec: ShapesSpec) -> None:
-    """Register ``name`` (generated on first ``DatasetCatalog.get``) with COCO metadata."""
+    """Register ``name`` (generated on first ``DatasetCatalog.get``) with COCO metadata.
+
+    The split's directory is fixed here, from ``$SCRATCHDET_CACHE`` as it is at
+    registration (for the default splits: when ``scratchdet.data`` is imported). The
+    metadata's ``json_file`` / ``image_root``, which ``COCOEvaluator`` reads, and the
+    data that ``DatasetCatalog.get`` generates and loads are then the same files, even if
+    the variable changes later in the process.
+    """
     out_dir = shapes_dir(spec)
-    DatasetCatalog.register(name, lambda: _load(name, spec))
+    DatasetCatalog.register(name, lambda: _load(name, spec, out_dir))
     MetadataCatalog.get(name).set(
         json_file=os.path.join(out_dir, "annotations.json"),
         image_root=os.path.join(out_dir, "images"),
@@ -209,8 +215,10 @@ def register_shapes(name: str, spec: ShapesSpec) -> None:
 
 
 def ensure_shapes(name: str) -> str:
-    """Generate a registered default split now (if needed); returns its annotation file."""
-    return generate_shapes(DEFAULT_SPLITS[name], shapes_dir(DEFAULT_SPLITS[name]))
+    """Generate a registered default split now (if needed), into the directory its
+    metadata names; returns its annotation file."""
+    ann_file = MetadataCatalog.get(name).json_file
+    return generate_shapes(DEFAULT_SPLITS[name], os.path.dirname(ann_file))
 
 
 for _name, _spec in DEFAULT_SPLITS.items():
