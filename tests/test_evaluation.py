@@ -15,6 +15,7 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.data import detection_utils as utils
 from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from scratchdet.engine import do_test, load_config
@@ -109,6 +110,33 @@ def test_filtering_one_pass_equals_a_pass_at_the_higher_threshold(sf_model, coco
         assert 0 < len(direct) < len(raw)
         _same(filtered, direct)
         assert float(direct.scores.min()) > fixed
+
+
+@pytest.mark.parametrize("width, shift", [(37.3, 10.829032258064514), (51.7, 15.00867741935484),
+                                          (64.1, 18.609477419354835), (99.3, 28.82923225806451)])
+def test_filtering_commutes_with_nms_at_the_rounding_edge(sf_model, width, shift):
+    """Two class-79 boxes whose IoU is within 1e-5 of the NMS threshold, and a low-score
+    box of class 0 far away. torchvision's batched_nms (Detectron2's) runs small inputs
+    on class-offset coordinates, offset by the largest coordinate present, so it rounded
+    the pair's IoU one way with the far box (the floor pass) and the other way without
+    it (the pass at 0.05): the two disagreed on all four pairs. The Sampling-Free
+    RetinaNet's per-class NMS sees each pair's own coordinates, whatever else is there."""
+    model = sf_model[1].model
+    a = torch.tensor([[20.1, 30.2, 20.1 + width, 30.2 + 45.7]])
+    boxes = torch.cat([a, a + torch.tensor([[shift, 0.0, shift, 0.0]]),
+                       torch.tensor([[1000.0, 1200.0, 1300.0, 1330.0]])])
+    scores = torch.full((3, 80), 1e-9)  # probabilities, as inference_single_image gets them
+    scores[0, 79], scores[1, 79], scores[2, 0] = 0.5, 0.3, 0.01
+
+    def detect(floor):
+        with torch.no_grad(), score_floor(model, torch.full((80,), floor)):
+            return model.inference_single_image(
+                [Boxes(boxes)], [scores], [torch.zeros(3, 4)], (1333, 1333))
+
+    raw, direct = detect(0.0), detect(0.05)
+    assert len(raw) == 100  # every class of every box is a candidate at floor 0
+    assert (direct.pred_classes == 79).all() and 1 <= len(direct) <= 2
+    _same(filter_by_score(raw, torch.full((80,), 0.05)), direct)
 
 
 class _RecordingCOCOEvaluator(COCOEvaluator):

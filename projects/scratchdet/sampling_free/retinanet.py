@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from detectron2.config import configurable
-from detectron2.layers import batched_nms, cat
+from torchvision.ops.boxes import _batched_nms_vanilla
+
+from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.modeling.box_regression import _dense_box_regression_loss
@@ -136,6 +138,14 @@ class SamplingFreeRetinaNet(RetinaNet):
         pred = self._decode_multi_level_predictions(
             anchors, box_cls, box_delta, self.score_thresholds(), self.test_topk_candidates,
             image_size)
-        keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes,
-                           self.test_nms_thresh)
+        # Per-class NMS on the boxes' own coordinates. Detectron2's batched_nms is
+        # torchvision's, which for small inputs (up to 1000 boxes on CPU) runs one NMS on
+        # class-offset coordinates instead; the offsets grow with the input's largest
+        # coordinate, so the float32 IoU of a pair within about 1e-4 of the NMS threshold
+        # depended on the other candidates, and a box could be kept at a high score
+        # threshold yet suppressed in a pass at a lower one. Here a box's fate depends
+        # only on the higher-scored boxes of its class: one pass at a score floor,
+        # filtered, is exactly the pass at a higher threshold (see ``score_floor``).
+        keep = _batched_nms_vanilla(pred.pred_boxes.tensor.float(), pred.scores,
+                                    pred.pred_classes, self.test_nms_thresh)
         return pred[keep[: self.max_detections_per_image]]
