@@ -1,3 +1,4 @@
+import logging
 import os
 import shutil
 import sys
@@ -21,6 +22,20 @@ if "SCRATCHDET_CACHE" not in os.environ:
 def pytest_unconfigure(config):
     if _SESSION_CACHE is not None:
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def log(caplog):
+    """caplog that sees the "scratchdet" loggers even when Detectron2's setup_logger
+    made them non-propagating."""
+    lg = logging.getLogger("scratchdet")
+    lg.addHandler(caplog.handler)
+    old = lg.propagate
+    lg.propagate = False
+    caplog.set_level(logging.INFO, logger="scratchdet")
+    yield caplog
+    lg.propagate = old
+    lg.removeHandler(caplog.handler)
 
 
 @pytest.fixture(scope="session")

@@ -84,20 +84,6 @@ def _register_tmp(name, json_file, image_root):
     register_coco_dataset(name, json_file, image_root)
 
 
-@pytest.fixture
-def log(caplog):
-    """caplog that sees the "scratchdet" loggers even when Detectron2's setup_logger
-    made them non-propagating."""
-    lg = logging.getLogger("scratchdet")
-    lg.addHandler(caplog.handler)
-    old = lg.propagate
-    lg.propagate = False
-    caplog.set_level(logging.INFO, logger="scratchdet")
-    yield caplog
-    lg.propagate = old
-    lg.removeHandler(caplog.handler)
-
-
 def _messages(caplog, level):
     return [r.getMessage() for r in caplog.records if r.levelno == level]
 

@@ -1,21 +1,27 @@
 """Register COCO-format datasets that live at any path, with errors that name the path."""
 import json
+import logging
+import math
 import numbers
 import os
 import re
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 __all__ = [
     "check_coco_json",
+    "finite_box",
     "load_coco_checked",
+    "nonfinite_box_error",
     "register_coco_dataset",
     "register_datasets_from_config",
     "register_datasets_from_yacs",
     "coco_mini_root",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def coco_mini_root() -> str:
@@ -84,6 +90,55 @@ def check_coco_json(d, name: str, json_file: str) -> None:
                             f"id={e.get('id')!r}, {what}={e[what]!r}")
 
 
+def finite_box(bbox) -> bool:
+    """Whether every coordinate of ``bbox`` is finite. Python's ``json`` reads ``NaN``,
+    ``Infinity`` and ``-Infinity``, so an annotation file can hold boxes that are not."""
+    return all(math.isfinite(x) for x in bbox)
+
+
+_SHOWN = 5  # non-finite annotations named in the warning
+_warned = set()  # (dataset, file, annotation ids) already reported in this process
+
+
+def _drop_nonfinite(dicts: List[Dict], bad: Sequence[Dict], files: Mapping, name: str,
+                    json_file: str) -> None:
+    """
+    Remove (in place) from the dataset dicts the annotations whose bbox is not finite, and
+    warn once per dataset and file, naming them: ``bad`` are those annotations as the JSON
+    has them (with their ids, which ``load_coco_json`` does not keep), ``files`` maps image
+    ids to file names. Without this, Detectron2's mapper drops a NaN box, but keeps an
+    infinite width or height, clipped, as a box reaching the image's edge.
+    """
+    for d in dicts:
+        annos = d.get("annotations", ())
+        if not all(finite_box(a["bbox"]) for a in annos):
+            d["annotations"] = [a for a in annos if finite_box(a["bbox"])]
+    key = (name, json_file, tuple(a.get("id") for a in bad))
+    if key in _warned:
+        return
+    _warned.add(key)
+    shown = "; ".join(f"annotation id {a.get('id')!r} of image {a['image_id']!r} (file_name "
+                      f"{files[a['image_id']]!r}), bbox {list(a['bbox'])}" for a in bad[:_SHOWN])
+    more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+    logger.warning(f"dataset {name!r}: {len(bad)} annotation(s) in {json_file!r} have a bbox "
+                   f"that is not finite (NaN or infinity); dropped from training and from "
+                   f"the prior: {shown}{more}")
+
+
+def nonfinite_box_error(dataset_dicts: Sequence[Dict]) -> ValueError:
+    """The error for dataset dicts holding a non-crowd annotation whose bbox is not finite,
+    naming the first one's image: what the prior estimator raises rather than count it
+    (the datasets registered here never hold one, see :func:`load_coco_checked`)."""
+    d, a = next((d, a) for d in dataset_dicts for a in d.get("annotations", ())
+                if a.get("iscrowd", 0) == 0 and not finite_box(a["bbox"]))
+    return ValueError(
+        f"image {d.get('file_name')!r} (image_id {d.get('image_id')!r}) has an annotation "
+        f"with bbox {list(a['bbox'])}, which is not finite (NaN or infinity); the prior "
+        "counts no such box. Drop it from the dataset: the COCO datasets registered by "
+        "scratchdet.data (register_coco_dataset, a config's `datasets`, yacs "
+        "DATASETS.COCO_INSTANCES, the shapes splits) drop such annotations when loaded")
+
+
 def load_coco_checked(json_file: str, image_root: str, name: str) -> List[Dict]:
     """
     Detectron2's ``load_coco_json`` after checking that the files exist and that the JSON
@@ -92,6 +147,10 @@ def load_coco_checked(json_file: str, image_root: str, name: str) -> List[Dict]:
     file. This is what :func:`register_coco_dataset` registers, so the error comes at the
     first ``DatasetCatalog.get`` (building a loader, or counting the prior), before any
     training iteration. The JSON is parsed once more than ``load_coco_json`` does.
+
+    Annotations whose bbox holds NaN or infinity are dropped, with one WARNING per dataset
+    that counts them and names the file and the first few (annotation id, image, box): the
+    train loader and the prior estimator both read these dicts, so neither sees them.
     """
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"dataset {name!r}: annotation file {json_file!r} does not exist")
@@ -103,8 +162,13 @@ def load_coco_checked(json_file: str, image_root: str, name: str) -> List[Dict]:
     except (ValueError, UnicodeDecodeError) as e:
         raise _not_coco(name, json_file, f"not valid JSON ({e})") from e
     check_coco_json(d, name, json_file)
+    bad = [a for a in d["annotations"] if not finite_box(a["bbox"])]
+    files = {im["id"]: im["file_name"] for im in d["images"]} if bad else {}
     del d
-    return load_coco_json(json_file, image_root, name)
+    dicts = load_coco_json(json_file, image_root, name)
+    if bad:
+        _drop_nonfinite(dicts, bad, files, name, json_file)
+    return dicts
 
 
 def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:

@@ -2,7 +2,7 @@
 
 It is generated deterministically on first use into a cache directory as COCO-format
 JSON plus JPEG images, then registered in Detectron2's ``DatasetCatalog`` so it takes the
-same code path as COCO (``load_coco_json``, ``DatasetMapper``, ``COCOEvaluator``).
+same code path as COCO (``load_coco_checked``, ``DatasetMapper``, ``COCOEvaluator``).
 
 What an image holds (``ShapesSpec`` defaults):
 
@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
+
+from .coco import load_coco_checked
 
 __all__ = ["ShapesSpec", "SHAPES_CLASSES", "generate_shapes", "register_shapes", "shapes_dir"]
 
@@ -191,7 +192,7 @@ def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
 
 def _load(name: str, spec: ShapesSpec, out_dir: str) -> List[Dict]:
     ann_file = generate_shapes(spec, out_dir)
-    return load_coco_json(ann_file, os.path.join(out_dir, "images"), name)
+    return load_coco_checked(ann_file, os.path.join(out_dir, "images"), name)
 
 
 def register_shapes(name: str, spec: ShapesSpec) -> None:

@@ -36,6 +36,7 @@ import detectron2.data.transforms as T
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
+from ..data.coco import finite_box, nonfinite_box_error
 from ..data.ssd_augment import PhotometricDistort
 from ..io import write_json_atomic
 
@@ -686,7 +687,8 @@ def _image_gt(d: Dict) -> Tuple[np.ndarray, np.ndarray]:
     at once; any other (other modes or number types) box by box with ``BoxMode.convert``
     itself. A box of negative width or height has its corners ordered, as the mapper's
     ``apply_box`` (min and max of the transformed corners) orders them: training sees
-    it, so it is counted.
+    it, so it is counted. A box that is not finite raises ``ValueError``
+    (:func:`~scratchdet.data.coco.nonfinite_box_error`).
     """
     boxes, classes, _ = _images_gt([d])
     return boxes, classes
@@ -703,6 +705,8 @@ def _images_gt(dicts: Sequence[Dict]) -> Tuple[np.ndarray, np.ndarray, np.ndarra
     if not annos:
         return np.zeros((0, 4)), classes, num
     bboxes = [a["bbox"] for a in annos]
+    if not all(finite_box(b) for b in bboxes):
+        raise nonfinite_box_error(dicts)
     xywh = np.array([a["bbox_mode"] == BoxMode.XYWH_ABS for a in annos])
     plain = (all(a["bbox_mode"] in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in annos)
              and all(type(b) in (list, tuple) and len(b) == 4 for b in bboxes)
