@@ -76,6 +76,11 @@ def test_config_trains_one_step(path, tmp_path):
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}  # not frozen
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in params.values())
+    if getattr(model, "loss", None) == "multibox":
+        # SSD's hard negative mining trains the positives and 3x as many negatives: with
+        # the few small shapes of 2 images, the coarse extra levels (and their head convs)
+        # may have no trained anchor; the ResNet stages feed every level
+        params = {n: p for n, p in params.items() if n.startswith("backbone.bottom_up.")}
     # Levels without a positive anchor in a 2-image batch legitimately give their box
     # predictor no gradient, and warm-up starts with a tiny lr, so not every tensor moves.
     with_grad = [n for n, p in params.items() if p.grad is not None and p.grad.abs().sum() > 0]

@@ -1,12 +1,9 @@
-"""SSD head and anchors on Detectron2's RetinaNet."""
+"""SSD head and anchors (the MultiBox loss and the meta-architecture: test_multibox.py)."""
 import math
 
 import torch
 
-from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
-from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
 
 from scratchdet.modeling import SSDAnchorGenerator, SSDHead, ssd_num_anchors
 
@@ -44,24 +41,3 @@ def test_ssd_head_shapes_and_bias():
     b = -math.log(99.0)
     assert all(torch.allclose(p, torch.full_like(p, b)) for p in head.cls_bias_params())
     assert all(isinstance(m[-1], torch.nn.BatchNorm2d) for m in head.cls_convs)
-
-
-def test_scratchdet300_trains_on_retinanet_meta_arch(tmp_path):
-    cfg = LazyConfig.load("configs/common/models/scratchdet_ssd300.py")
-    bb = cfg.model.backbone.bottom_up
-    bb.stem_channels, bb.res2_out_channels, bb.depth = 8, 8, 18
-    cfg.model.head.input_shape = [ShapeSpec(channels=c) for c in [32, 64, 128, 128, 128, 128]]
-    cfg.model.num_classes = 3
-    model = instantiate(cfg.model).train()
-    inst = Instances((300, 300))
-    inst.gt_boxes = Boxes(torch.tensor([[20.0, 30, 120, 160], [200, 200, 230, 220]]))
-    inst.gt_classes = torch.tensor([0, 2])
-    batch = [dict(image=torch.randint(0, 255, (3, 300, 300)).float(), instances=inst)] * 2
-    with EventStorage(0):
-        losses = model(batch)
-    assert set(losses) == {"loss_cls", "loss_box_reg"}
-    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    model.eval()
-    with torch.no_grad():
-        out = model([dict(image=batch[0]["image"], height=600, width=600)])
-    assert out[0]["instances"].image_size == (600, 600)

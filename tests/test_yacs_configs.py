@@ -45,7 +45,7 @@ from scratchdet.data import (
     register_datasets_from_yacs,
 )
 from scratchdet.data.coco import _yacs_entries
-from scratchdet.modeling import ScratchDetSSD, SSDHead
+from scratchdet.modeling import ScratchDetSSD, SSDHead, SSDMatcher
 from scratchdet.sampling_free import PriorCounts, classification_bias_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,6 +196,9 @@ def key_hyper_parameters(model):
         if hasattr(model, "prior_state"):
             p.update(threshold_rule=model.prior_state.rule,
                      guided_loss_scale=model.guided_loss.scale)
+        elif isinstance(model, ScratchDetSSD) and model.loss == "multibox":
+            p.update(loss=model.loss, neg_pos_ratio=model.neg_pos_ratio,
+                     head_scores=model.head.num_scores)
         else:
             p.update(focal=(model.focal_loss_alpha, model.focal_loss_gamma))
     else:
@@ -262,11 +265,11 @@ def test_every_lazy_config_has_a_yaml():
 @pytest.mark.parametrize("stem", PAIRS)
 def test_same_model(stem):
     yacs_model, lazy_model = _built(stem)
-    if type(yacs_model) is ScratchDetSSD:
-        # the SSD LazyConfigs compose RetinaNet + SSDHead; yacs names ScratchDetSSD
-        assert type(lazy_model) is RetinaNet and isinstance(lazy_model.head, SSDHead)
-    else:
-        assert type(yacs_model) is type(lazy_model)
+    assert type(yacs_model) is type(lazy_model)
+    if type(yacs_model) is ScratchDetSSD:  # the loss, the head's scores and the matcher
+        assert yacs_model.loss == lazy_model.loss == "multibox"
+        assert isinstance(lazy_model.head, SSDHead) and lazy_model.head.loss == "multibox"
+        assert type(yacs_model.anchor_matcher) is type(lazy_model.anchor_matcher) is SSDMatcher
     ys, ls = yacs_model.state_dict(), lazy_model.state_dict()
     assert list(ys) == list(ls)
     assert {k: tuple(v.shape) for k, v in ys.items()} == \

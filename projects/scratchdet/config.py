@@ -36,6 +36,12 @@ def add_scratchdet_config(cfg: CN) -> CN:
     # without bias, followed by a BatchNorm, as in ScratchDet), "SyncBN", or "" (plain
     # convs with bias, as in the original SSD).
     cfg.MODEL.SSD.HEAD_NORM = "BN"
+    # ScratchDetSSD's loss: "multibox" (SSD's and ScratchDet's: softmax over K + 1 classes,
+    # NEG_POS_RATIO hard negatives per positive, smooth-L1 with
+    # MODEL.RETINANET.SMOOTH_L1_LOSS_BETA) or "focal" (Detectron2's RetinaNet loss).
+    # Both match anchors with SSD's rule at MODEL.RETINANET.IOU_THRESHOLDS.
+    cfg.MODEL.SSD.LOSS = "multibox"
+    cfg.MODEL.SSD.NEG_POS_RATIO = 3.0
     cfg.MODEL.BACKBONE.FREEZE_AT = 0  # from scratch: nothing frozen
 
     # Sampling-Free heads (SamplingFreeRetinaNet, SamplingFreeRPN, SamplingFreeROIHeads)

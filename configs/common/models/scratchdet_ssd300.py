@@ -3,23 +3,26 @@
 Six prediction maps for a 300x300 input: res4 38x38, res5 19x19, then extra stages at
 10, 5, 3 and 1 (BasicBlocks of 128 channels). SSD anchors (steps 8/16/32/64/100/300,
 ratios {2}, {2,3}, {2,3}, {2,3}, {2}, {2}; sizes for VOC, the COCO config overrides
-them), IoU 0.5 matching, SSD's box variances (0.1, 0.2) as Box2BoxTransform weights,
-test NMS 0.45 and 200 detections. The loss is Detectron2's RetinaNet focal loss (the
-Sampling-Free loss comes with its own configs).
+them), SSD matching at IoU 0.5 (each box's best anchor, then every anchor at 0.5), SSD's box
+variances (0.1, 0.2) as Box2BoxTransform weights. The loss is SSD's MultiBox loss, as in
+the paper and both of its releases: softmax cross-entropy over the classes and background
+with 3 hard negatives per positive, smooth-L1 (beta 1) on the positives, both divided by
+the positives; at test time softmax scores, score threshold 0.01, NMS 0.45 and 200
+detections. ``model.loss = "focal"`` trains Detectron2's sigmoid focal loss instead (the
+head follows ``model.loss``; focal inference uses sigmoid scores).
 """
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.meta_arch import RetinaNet
 
 from scratchdet.backbone import RootResNet, SSDBackbone
-from scratchdet.modeling import SSDAnchorGenerator, SSDHead, ssd_num_anchors
+from scratchdet.modeling import (
+    ScratchDetSSD, SSDAnchorGenerator, SSDHead, SSDMatcher, ssd_num_anchors)
 
 _ratios = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
 _channels = [256, 512, 128, 128, 128, 128]  # res4, res5 of Root-ResNet-34, then extras
 
-model = L(RetinaNet)(
+model = L(ScratchDetSSD)(
     backbone=L(SSDBackbone)(
         bottom_up=L(RootResNet)(
             depth=34,
@@ -40,7 +43,8 @@ model = L(RetinaNet)(
         num_classes="${..num_classes}",
         num_anchors=ssd_num_anchors(_ratios),
         norm="BN",
-        prior_prob=0.01,
+        prior_prob=0.01,  # focal loss only
+        loss="${..loss}",
     ),
     anchor_generator=L(SSDAnchorGenerator)(
         min_sizes=[30, 60, 111, 162, 213, 264],
@@ -50,8 +54,10 @@ model = L(RetinaNet)(
         offset=0.5,
     ),
     box2box_transform=L(Box2BoxTransform)(weights=[10.0, 10.0, 5.0, 5.0]),
-    anchor_matcher=L(Matcher)(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=True),
+    anchor_matcher=L(SSDMatcher)(thresholds=[0.5], labels=[0, 1]),
     num_classes=20,
+    loss="multibox",
+    neg_pos_ratio=3.0,
     head_in_features=["res4", "res5", "extra1", "extra2", "extra3", "extra4"],
     focal_loss_alpha=0.25,
     focal_loss_gamma=2.0,

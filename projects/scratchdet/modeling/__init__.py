@@ -1,2 +1,3 @@
-"""Detector parts: SSD head and anchors, and the yacs SSD meta-architecture."""
-from .ssd import ScratchDetSSD, SSDAnchorGenerator, SSDHead, ssd_num_anchors
+"""Detector parts: ScratchDet300's SSD head, anchors, MultiBox loss and meta-architecture."""
+from .multibox import SSDMatcher, hard_negative_mask, multibox_loss
+from .ssd import SSD_LOSSES, ScratchDetSSD, SSDAnchorGenerator, SSDHead, ssd_num_anchors

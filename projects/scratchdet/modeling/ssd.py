@@ -1,10 +1,11 @@
-"""SSD300-style prediction head and anchors for ScratchDet, on Detectron2's RetinaNet.
+"""ScratchDet300: SSD's prediction head, anchors and loss on Detectron2's RetinaNet.
 
 Detectron2's :class:`RetinaNet` meta-architecture flattens each level's predictions on
 its own, so a head with a different number of anchors per level (SSD: 4 or 6) plugs in
-without changes; only the head and the anchor generator are SSD-specific. LazyConfigs
-compose ``RetinaNet(head=SSDHead(...), anchor_generator=SSDAnchorGenerator(...))``; yacs
-configs name :class:`ScratchDetSSD` (``MODEL.META_ARCHITECTURE``), the same model.
+without changes. :class:`ScratchDetSSD` is that meta-architecture with SSD's loss
+(MultiBox: softmax over K + 1 classes with hard negative mining, see
+:mod:`scratchdet.modeling.multibox`) or, as an option, Detectron2's focal loss; LazyConfigs
+and yacs configs (``MODEL.META_ARCHITECTURE: "ScratchDetSSD"``) build the same model.
 """
 import math
 from typing import List, Sequence
@@ -22,10 +23,17 @@ from detectron2.modeling.anchor_generator import (
     build_anchor_generator,
 )
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch import RetinaNet
+from detectron2.structures import Boxes
+from detectron2.utils.events import get_event_storage
 
-__all__ = ["SSDHead", "SSDAnchorGenerator", "ScratchDetSSD", "ssd_num_anchors"]
+from .multibox import SSDMatcher, multibox_loss, stack_targets
+
+__all__ = ["SSDHead", "SSDAnchorGenerator", "ScratchDetSSD", "ssd_num_anchors", "SSD_LOSSES"]
+
+# "multibox": softmax cross-entropy over K + 1 scores (background last) with hard negative
+# mining, SSD's and ScratchDet's loss; "focal": K sigmoid scores, Detectron2's RetinaNet loss
+SSD_LOSSES = ("multibox", "focal")
 
 
 def ssd_num_anchors(aspect_ratios: Sequence[Sequence[float]]) -> List[int]:
@@ -37,11 +45,15 @@ class SSDHead(nn.Module):
     """
     One 3x3 classification conv and one 3x3 box conv per level (not shared across levels,
     as in SSD), each without bias and followed by a BatchNorm, as in the published
-    ScratchDet head. The BatchNorm's bias is the prediction's bias and receives the
-    prior-probability initialisation.
+    ScratchDet head. The BatchNorm's bias is the prediction's bias.
+
+    ``loss`` sets the scores per anchor: ``"multibox"``, ``num_classes + 1`` softmax
+    logits (background last; biases start at 0, as in SSD); ``"focal"``, ``num_classes``
+    sigmoid logits whose bias starts at logit(``prior_prob``).
 
     forward(features: list of (N, C_l, H_l, W_l)) returns two lists:
-    logits (N, A_l * num_classes, H_l, W_l) and box deltas (N, A_l * 4, H_l, W_l).
+    logits (N, A_l * S, H_l, W_l) with S = :attr:`num_scores`, and box deltas
+    (N, A_l * 4, H_l, W_l).
     """
 
     def __init__(
@@ -52,22 +64,28 @@ class SSDHead(nn.Module):
         num_anchors: Sequence[int],
         norm: str = "BN",
         prior_prob: float = 0.01,
+        loss: str = "focal",
     ):
         super().__init__()
         if len(num_anchors) != len(input_shape):
             raise ValueError(
                 f"SSDHead: {len(num_anchors)} anchor counts for {len(input_shape)} levels")
+        if loss not in SSD_LOSSES:
+            raise ValueError(f"SSDHead: loss={loss!r} is not one of {SSD_LOSSES}")
         self.num_classes = num_classes
+        self.loss = loss
+        self.num_scores = num_classes + (loss == "multibox")
         use_bn = norm in ("BN", "SyncBN")
         bn = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
         self.cls_convs = nn.ModuleList()
         self.box_convs = nn.ModuleList()
         for shape, a in zip(input_shape, num_anchors):
-            for convs, out in ((self.cls_convs, a * num_classes), (self.box_convs, a * 4)):
+            for convs, out in ((self.cls_convs, a * self.num_scores), (self.box_convs, a * 4)):
                 conv = nn.Conv2d(shape.channels, out, 3, padding=1, bias=not use_bn)
                 nn.init.normal_(conv.weight, std=0.01)
                 convs.append(nn.Sequential(conv, bn(out)) if use_bn else conv)
-        self.init_cls_bias(-math.log((1 - prior_prob) / prior_prob))
+        focal_bias = -math.log((1 - prior_prob) / prior_prob)
+        self.init_cls_bias(0.0 if loss == "multibox" else focal_bias)
 
     def cls_bias_params(self) -> List[torch.Tensor]:
         """The tensors that act as the classification logits' bias (one per level)."""
@@ -131,25 +149,46 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
 @META_ARCH_REGISTRY.register()
 class ScratchDetSSD(RetinaNet):
     """
-    Detectron2's :class:`RetinaNet` with an :class:`SSDHead`, for yacs configs
-    (``MODEL.META_ARCHITECTURE: "ScratchDetSSD"``). It adds no behaviour: only
-    :meth:`from_config` differs, because ``RetinaNet.from_config`` builds a
-    ``RetinaNetHead``, which needs the same number of anchors on every level. Its modules
-    (``backbone``, ``head``, ``anchor_generator``) and so its checkpoints are those of the
-    LazyConfig model ``RetinaNet(backbone=SSDBackbone, head=SSDHead, ...)``.
+    ScratchDet300's detector: Detectron2's :class:`RetinaNet` with an :class:`SSDHead`,
+    SSD anchors, and SSD's MultiBox loss (``loss="multibox"``, the default) or
+    Detectron2's sigmoid focal loss (``loss="focal"``; the head's ``loss`` must agree,
+    the configs interpolate it from the model's).
 
-    Keys: ``MODEL.BACKBONE.NAME`` (``build_root_resnet_ssd_backbone``),
+    MultiBox: anchors labelled by ``anchor_matcher`` (SSD configs: :class:`SSDMatcher`,
+    IoU 0.5), :func:`multibox_loss` with ``neg_pos_ratio`` and ``smooth_l1_beta``; at
+    inference softmax scores (background dropped), then RetinaNet's decoding: per class
+    score threshold ``test_score_thresh``, at most ``test_topk_candidates`` per level,
+    per-class NMS at ``test_nms_thresh`` and ``max_detections_per_image`` (SSD300: 0.01,
+    0.45, 200). Focal: exactly :class:`RetinaNet`.
+
+    yacs keys: ``MODEL.BACKBONE.NAME`` (``build_root_resnet_ssd_backbone``),
     ``MODEL.ANCHOR_GENERATOR`` (``NAME: SSDAnchorGenerator``, ``SIZES`` as
     ``[min_size, max_size]`` per level, ``ASPECT_RATIOS`` per level, ``OFFSET``),
-    ``MODEL.SSD.STEPS`` and ``MODEL.SSD.HEAD_NORM``, and the loss / inference keys of
-    ``MODEL.RETINANET`` (``NUM_CLASSES``, ``IN_FEATURES``, ``PRIOR_PROB``, ...).
+    ``MODEL.SSD.STEPS``, ``HEAD_NORM``, ``LOSS`` and ``NEG_POS_RATIO``, and the
+    loss / inference keys of ``MODEL.RETINANET`` (``NUM_CLASSES``, ``IN_FEATURES``,
+    ``IOU_THRESHOLDS``, ``PRIOR_PROB``, ...). Only :meth:`from_config` needs to differ
+    from RetinaNet's for yacs, because ``RetinaNet.from_config`` builds a
+    ``RetinaNetHead``, which needs the same number of anchors on every level.
     """
+
+    @configurable
+    def __init__(self, *, loss: str = "multibox", neg_pos_ratio: float = 3.0, **kwargs):
+        super().__init__(**kwargs)
+        if loss not in SSD_LOSSES:
+            raise ValueError(f"ScratchDetSSD: loss={loss!r} is not one of {SSD_LOSSES}")
+        head_loss = getattr(self.head, "loss", "focal")
+        if head_loss != loss:
+            raise ValueError(f"ScratchDetSSD: loss={loss!r} but the head's loss is "
+                             f"{head_loss!r}; set both (the SSD configs interpolate the "
+                             "head's from model.loss)")
+        self.loss = loss
+        self.neg_pos_ratio = float(neg_pos_ratio)
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
-        r = cfg.MODEL.RETINANET
+        r, ssd = cfg.MODEL.RETINANET, cfg.MODEL.SSD
         missing = [f for f in r.IN_FEATURES if f not in shapes]
         if missing:
             raise ValueError(f"MODEL.RETINANET.IN_FEATURES: {missing} are not outputs of the "
@@ -160,16 +199,16 @@ class ScratchDetSSD(RetinaNet):
             input_shape=feature_shapes,
             num_classes=r.NUM_CLASSES,
             num_anchors=anchor_generator.num_cell_anchors,
-            norm=cfg.MODEL.SSD.HEAD_NORM,
+            norm=ssd.HEAD_NORM,
             prior_prob=r.PRIOR_PROB,
+            loss=ssd.LOSS,
         )
         return {
             "backbone": backbone,
             "head": head,
             "anchor_generator": anchor_generator,
             "box2box_transform": Box2BoxTransform(weights=r.BBOX_REG_WEIGHTS),
-            "anchor_matcher": Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS,
-                                      allow_low_quality_matches=True),
+            "anchor_matcher": SSDMatcher(r.IOU_THRESHOLDS, r.IOU_LABELS),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "num_classes": r.NUM_CLASSES,
@@ -184,4 +223,37 @@ class ScratchDetSSD(RetinaNet):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
+            "loss": ssd.LOSS,
+            "neg_pos_ratio": ssd.NEG_POS_RATIO,
         }
+
+    def _predictions(self, predictions):
+        """Levels of (N, HWA, K + 1) logits and (N, HWA, 4) deltas (MultiBox)."""
+        return self._transpose_dense_predictions(predictions, [self.num_classes + 1, 4])
+
+    def forward_training(self, images, features, predictions, gt_instances):
+        if self.loss == "focal":
+            return super().forward_training(images, features, predictions, gt_instances)
+        pred_logits, pred_deltas = self._predictions(predictions)
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        gt_labels = torch.stack(gt_labels)
+        get_event_storage().put_scalar(
+            "num_pos_anchors",
+            ((gt_labels >= 0) & (gt_labels < self.num_classes)).sum().item() / len(gt_labels))
+        gt_deltas = stack_targets(self.box2box_transform, Boxes.cat(anchors).tensor, gt_boxes)
+        return multibox_loss(torch.cat(pred_logits, dim=1), torch.cat(pred_deltas, dim=1),
+                             gt_labels, gt_deltas, neg_pos_ratio=self.neg_pos_ratio,
+                             smooth_l1_beta=self.smooth_l1_beta)
+
+    def forward_inference(self, images, features, predictions):
+        if self.loss == "focal":
+            return super().forward_inference(images, features, predictions)
+        pred_logits, pred_deltas = self._predictions(predictions)
+        anchors = self.anchor_generator(features)
+        results = []
+        for i, image_size in enumerate(images.image_sizes):
+            scores = [x[i].softmax(dim=-1)[:, : self.num_classes] for x in pred_logits]
+            results.append(self.inference_single_image(
+                anchors, scores, [x[i] for x in pred_deltas], image_size))
+        return results
