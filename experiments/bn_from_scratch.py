@@ -1,14 +1,24 @@
 """ScratchDet's BatchNorm question at CPU scale: does a detector trained from scratch
 need BN in the backbone AND in the head, and does BN let it take a large learning rate?
 
-The demo detector (``configs/shapes/scratchdet_root_resnet18_fpn_demo.py``: a narrow
-Root-ResNet-18-FPN RetinaNet, focal loss, random init) is trained on the embedded
-shapes data in three settings, each at two learning rates:
+A demo detector, random init, is trained on the embedded shapes data in three settings,
+each at two learning rates. ``--detector`` chooses it:
 
-- ``bn_all``: BN in the backbone, the FPN and the head (the config as it is);
-- ``bn_backbone``: BN in the backbone only (``model.backbone.norm=""`` for the FPN,
-  ``model.head.norm=""``);
-- ``no_bn``: no BN anywhere (also ``model.backbone.bottom_up.norm=""``; convs get biases).
+- ``retinanet`` (default): ``configs/shapes/scratchdet_root_resnet18_fpn_demo.py``, a
+  narrow Root-ResNet-18-FPN RetinaNet with focal loss;
+- ``ssd``: ``configs/shapes/scratchdet300_root_resnet18_demo.py``, the paper's detector
+  (ScratchDet300's design: Root-ResNet-18 with SSD extra stages, SSD head, MultiBox
+  loss) at the same widths, data and schedule; recorded as ``bn_from_scratch_ssd``.
+
+The settings:
+
+- ``bn_all``: BN in the backbone, the FPN (SSD: the extra stages) and the head (the
+  config as it is);
+- ``bn_backbone``: BN in the backbone only (RetinaNet: ``model.backbone.norm=""`` for
+  the FPN and ``model.head.norm=""``; SSD: ``model.head.norm=""``, the extra stages are
+  the SSD backbone's and keep BN, as in the paper's VGG16 SSD ablation);
+- ``no_bn``: no BN anywhere (also ``model.backbone.bottom_up.norm=""`` and, SSD,
+  ``model.backbone.norm=""``; convs get biases).
 
 Recorded per run: the loss curves, the total L2 norm of the whole model's gradient at
 every iteration (after ``backward()``, before the step), how much it varies (std/mean
@@ -31,8 +41,9 @@ Sizes:
   first 30 validation images; under a minute. A smoke test of the pipeline, not a
   result.
 
-Writes ``results.json`` and ``bn_from_scratch.png`` (loss, gradient norm and gradient
-change per iteration, one column per learning rate) into the output directory.
+Writes ``results.json`` and ``bn_from_scratch.png`` (``bn_from_scratch_ssd.png``: loss,
+gradient norm and gradient change per iteration, one column per learning rate) into the
+output directory (default ``output/experiments/bn_from_scratch[_ssd]/``).
 """
 import sys
 
@@ -41,11 +52,18 @@ import numpy as np
 from . import common as C
 
 NAME = "bn_from_scratch"
-VARIANTS = {
-    "bn_all": ("BN in backbone + FPN + head", []),
-    "bn_backbone": ("BN in backbone only", ["model.backbone.norm=", "model.head.norm="]),
-    "no_bn": ("no BN", ["model.backbone.norm=", "model.head.norm=",
-                        "model.backbone.bottom_up.norm="]),
+_NO_BN = ["model.backbone.norm=", "model.head.norm=", "model.backbone.bottom_up.norm="]
+VARIANTS = {  # per detector: variant -> (label, overrides)
+    "retinanet": {
+        "bn_all": ("BN in backbone + FPN + head", []),
+        "bn_backbone": ("BN in backbone only", ["model.backbone.norm=", "model.head.norm="]),
+        "no_bn": ("no BN", _NO_BN),
+    },
+    "ssd": {
+        "bn_all": ("BN in backbone + extra stages + head", []),
+        "bn_backbone": ("BN in backbone + extra stages only", ["model.head.norm="]),
+        "no_bn": ("no BN", _NO_BN),
+    },
 }
 COLORS = {"bn_all": "tab:blue", "bn_backbone": "tab:orange", "no_bn": "tab:red"}
 FULL = dict(iterations=400, lrs=[0.03, 0.1], batch_size=8, eval_images=0)
@@ -59,15 +77,17 @@ def main(argv=None):
                             help="learning rates (default: full 0.03 0.1, quick 0.03)")
         parser.add_argument("--seed", type=int, default=SEED)
 
-    exp, args, size = C.begin(NAME, __doc__, argv, FULL, QUICK, add_arguments)
+    exp, args, size = C.begin(NAME, __doc__, argv, FULL, QUICK, add_arguments, detectors=True)
     lrs = args.lrs or size["lrs"]
-    exp.settings.update(config=C.rel(C.FOCAL_DEMO), learning_rates=lrs, seeds=[args.seed],
-                        variants={k: dict(label=v[0], overrides=v[1]) for k, v in VARIANTS.items()})
+    config, what = C.DETECTORS[args.detector]
+    variants = VARIANTS[args.detector]
+    exp.settings.update(learning_rates=lrs, seeds=[args.seed],
+                        variants={k: dict(label=v[0], overrides=v[1]) for k, v in variants.items()})
     for lr in lrs:
-        for variant, (label, overrides) in VARIANTS.items():
+        for variant, (label, overrides) in variants.items():
             key = f"{variant}_lr{lr:g}"
             cfg = C.prepare_config(
-                C.FOCAL_DEMO, exp, lr=lr, output_dir=exp.run_dir(key),
+                config, exp, lr=lr, output_dir=exp.run_dir(key),
                 overrides=list(overrides)
                 + [f"dataloader.train.total_batch_size={size['batch_size']}"])
             C.train_and_evaluate(exp, cfg, variant=variant, label=label, seed=args.seed,
@@ -89,8 +109,9 @@ def main(argv=None):
                     else f"{r['iterations']} its")))
     fig = plot(exp, lrs)
     notes = [
-        "AP in percent (COCOEvaluator bbox AP on the evaluation images at the focal "
-        "config's fixed 0.05 score threshold).",
+        f"detector: {what} ({C.rel(config)}).",
+        "AP in percent (COCOEvaluator bbox AP on the evaluation images at the config's "
+        "fixed score threshold: 0.05 for the focal RetinaNet, 0.01 for the SSD).",
         "grad_norm: total L2 norm of all parameter gradients after backward(), before "
         "the optimizer step (weight decay not included).",
         "grad_norm_window_cv: mean over windows of std/mean of grad_norm; "
@@ -99,7 +120,7 @@ def main(argv=None):
         "sec_per_iter is wall time on a possibly shared machine.",
     ]
     exp.write(summary, columns, fig, notes)
-    exp.print_table(summary, columns, "BN from scratch (focal-loss demo detector)")
+    exp.print_table(summary, columns, f"BN from scratch ({what})")
     return exp
 
 
@@ -133,7 +154,8 @@ def plot(exp, lrs):
             axes[row][j].set_yscale("log")
             axes[row][j].grid(alpha=0.3)
         axes[0][j].legend(fontsize=8)
-    fig.suptitle(f"ScratchDet: BN and training from scratch ({exp.mode}, "
+    fig.suptitle(f"ScratchDet: BN and training from scratch, {exp.settings['detector_label']} "
+                 f"({exp.mode}, "
                  f"{exp.iterations} iterations, eval on {exp.eval_images} images)")
     return C.save_figure(fig, exp)
 

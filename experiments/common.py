@@ -49,7 +49,7 @@ from scratchdet.engine.lazy_train import build_model, do_test, load_config  # no
 from scratchdet.sampling_free import PriorInitHook  # noqa: E402
 
 __all__ = [
-    "REPO", "FOCAL_DEMO", "SF_DEMO", "METRICS", "Experiment", "make_parser", "seed_all",
+    "REPO", "FOCAL_DEMO", "SF_DEMO", "SSD_DEMO", "DETECTORS", "METRICS", "Experiment", "make_parser", "seed_all",
     "prepare_config", "train_and_evaluate", "grad_norm_stats", "finite_or_none",
     "smooth", "plt", "mean_std", "rel", "save_figure",
 ]
@@ -57,6 +57,12 @@ __all__ = [
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOCAL_DEMO = os.path.join(REPO, "configs", "shapes", "scratchdet_root_resnet18_fpn_demo.py")
 SF_DEMO = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
+SSD_DEMO = os.path.join(REPO, "configs", "shapes", "scratchdet300_root_resnet18_demo.py")
+# the detectors the ScratchDet studies train (--detector): config, and what it is
+DETECTORS = {
+    "retinanet": (FOCAL_DEMO, "Root-ResNet-18-FPN RetinaNet, focal loss"),
+    "ssd": (SSD_DEMO, "ScratchDet300-style SSD, MultiBox loss"),
+}
 VAL = "scratchdet_shapes_val"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SCHEMA_VERSION = 1
@@ -152,21 +158,37 @@ def make_parser(name: str, doc: str) -> argparse.ArgumentParser:
 
 
 def begin(name: str, doc: str, argv: Optional[Sequence[str]], full: Dict, quick: Dict,
-          add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None):
+          add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+          detectors: bool = False):
     """
     An experiment's start: its command line (the common flags of :func:`make_parser` and
     those ``add_arguments(parser)`` adds), its mode's sizes (``quick`` with ``--quick``,
     else ``full``: iterations, batch_size, eval_images, ...) and its :class:`Experiment`,
     whose settings the caller completes. Returns (experiment, args, size).
+
+    With ``detectors``, ``--detector`` chooses one of :data:`DETECTORS` (``args.detector``);
+    a detector other than the first records as experiment ``{name}_{detector}`` (its own
+    output directory, JSON and figure).
     """
     parser = make_parser(name, doc)
+    if detectors:
+        parser.add_argument("--detector", choices=list(DETECTORS), default=list(DETECTORS)[0],
+                            help="; ".join(f"{k}: {v[1]} ({rel(v[0])})"
+                                           for k, v in DETECTORS.items()))
     if add_arguments is not None:
         add_arguments(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     size = quick if args.quick else full
-    exp = Experiment(name, args, iterations=size["iterations"], eval_images=size["eval_images"],
-                     settings=dict(batch_size=size["batch_size"]), argv=argv)
+    record = name
+    if detectors and args.detector != list(DETECTORS)[0]:
+        record = f"{name}_{args.detector}"
+    exp = Experiment(record, args, iterations=size["iterations"],
+                     eval_images=size["eval_images"],
+                     settings=dict(batch_size=size["batch_size"]), argv=argv, module=name)
+    if detectors:
+        config, what = DETECTORS[args.detector]
+        exp.settings.update(detector=args.detector, detector_label=what, config=rel(config))
     return exp, args, size
 
 
@@ -174,7 +196,8 @@ class Experiment:
     """Output directory, mode, command line, evaluation dataset and the JSON record."""
 
     def __init__(self, name: str, args, *, iterations: int, eval_images: int,
-                 settings: Optional[Dict] = None, argv: Optional[Sequence[str]] = None):
+                 settings: Optional[Dict] = None, argv: Optional[Sequence[str]] = None,
+                 module: Optional[str] = None):
         self.name = name
         self.args = args
         self.mode = "quick" if args.quick else "full"
@@ -182,7 +205,7 @@ class Experiment:
         n = int(args.eval_images if args.eval_images is not None else eval_images)
         self.out = os.path.abspath(args.output or os.path.join(REPO, "output", "experiments", name))
         os.makedirs(self.out, exist_ok=True)
-        self.command = " ".join(["python", "-m", f"experiments.{name}"]
+        self.command = " ".join(["python", "-m", f"experiments.{module or name}"]
                                 + [shlex.quote(str(a)) for a in
                                    (sys.argv[1:] if argv is None else argv)])
         self.t0 = time.time()

@@ -26,6 +26,14 @@ computes the whole ResNet-18 and detects on the same grid; what changes is how m
 resolution the stem throws away before the residual stages, and the cost. (The
 paper-scale SSD300 versions in ``configs/study/`` are too slow for a CPU.)
 
+``--detector ssd`` runs the study on the paper's own detector instead
+(``configs/shapes/scratchdet300_root_resnet18_demo.py``: ScratchDet300's design, Root-
+ResNet-18 with SSD extra stages, SSD head with BN, MultiBox loss, at the same widths,
+data and schedule), recorded as ``downsampling_ssd``: as in the paper-scale study, the
+six SSD maps (40/20/10/5/3/1 for 160 px) start at the ResNet stage of stride 4, which
+the stem's stride 4, 2 or 1 makes res2, res3 or res4, and extra stages fill up the six
+(``scratchdet.backbone.apply_ssd_downsampling_study``).
+
 Recorded per run: AP, APs, APm (COCOEvaluator on ``scratchdet_shapes_val``; about
 half the shapes are COCO-"small"), seconds per iteration (wall time of the training
 step; meaningful only on an otherwise idle machine), parameters, loss curve.
@@ -42,7 +50,8 @@ Sizes:
 
 ``--threads 1`` gives steadier per-iteration timings when the machine is shared.
 
-Writes ``results.json`` and ``downsampling.png`` (AP, APs and s/iter per stem).
+Writes ``results.json`` and ``downsampling.png`` (``downsampling_ssd.png``: AP, APs and
+s/iter per stem) into ``output/experiments/downsampling[_ssd]/``.
 """
 import math
 import sys
@@ -55,7 +64,7 @@ from torch import nn
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
-from scratchdet.backbone import DOWNSAMPLING_STUDY
+from scratchdet.backbone import DOWNSAMPLING_STUDY, apply_ssd_downsampling_study
 
 from . import common as C
 
@@ -130,6 +139,13 @@ def apply_stem(cfg, study: str) -> dict:
                 extra_levels_from=last)
 
 
+def apply_ssd_stem(cfg, study: str) -> dict:
+    """Swap the study's stem into the SSD demo config, its six maps kept at their sizes."""
+    stages = apply_ssd_downsampling_study(cfg.model, study, first_stride=4)
+    return dict(stem=dict(DOWNSAMPLING_STUDY[study]), stem_stride=stem_stride(study),
+                ssd_inputs=stages, extra_stages=len(cfg.model.backbone.extra_channels))
+
+
 def _check_strides(model, cfg):
     """The backbone's levels must sit at the anchor generator's strides."""
     shapes = model.backbone.output_shape()
@@ -145,23 +161,27 @@ def main(argv=None):
         parser.add_argument("--studies", nargs="+", default=list(DOWNSAMPLING_STUDY),
                             choices=list(DOWNSAMPLING_STUDY))
 
-    exp, args, size = C.begin(NAME, __doc__, argv, FULL, QUICK, add_arguments)
+    exp, args, size = C.begin(NAME, __doc__, argv, FULL, QUICK, add_arguments, detectors=True)
     seeds = args.seeds or size["seeds"]
     layouts = {}
-    exp.settings.update(config=C.rel(C.FOCAL_DEMO), learning_rates=[LR], seeds=seeds,
-                        paper_voc07_map=PAPER_MAP, layouts=layouts)
+    config, what = C.DETECTORS[args.detector]
+    ssd = args.detector == "ssd"
+    inputs = "ssd_inputs" if ssd else "fpn_inputs"
+    exp.settings.update(learning_rates=[LR], seeds=seeds, paper_voc07_map=PAPER_MAP,
+                        layouts=layouts)
     for seed in seeds:
         for study in args.studies:
             key = f"{study}_seed{seed}"
             cfg = C.prepare_config(
-                C.FOCAL_DEMO, exp, lr=LR, output_dir=exp.run_dir(key),
+                config, exp, lr=LR, output_dir=exp.run_dir(key),
                 overrides=[f"dataloader.train.total_batch_size={size['batch_size']}"])
-            layouts[study] = apply_stem(cfg, study)
+            layouts[study] = apply_ssd_stem(cfg, study) if ssd else apply_stem(cfg, study)
             C.train_and_evaluate(exp, cfg, variant=study, label=LABELS[study], seed=seed, lr=LR,
-                                 modify_model=lambda m, cfg=cfg: _check_strides(m, cfg),
+                                 modify_model=None if ssd else
+                                 lambda m, cfg=cfg: _check_strides(m, cfg),
                                  extra=dict(layout=layouts[study]))
 
-    columns = ["variant", "stem_stride", "fpn_inputs", "AP", "APs", "APm", "sec_per_iter",
+    columns = ["variant", "stem_stride", inputs, "AP", "APs", "APm", "sec_per_iter",
                "sec_per_iter_median", "cpu_sec_per_iter", "params_M", "paper_voc07_map", "runs"]
     summary = []
     for study in args.studies:
@@ -174,7 +194,7 @@ def main(argv=None):
         cpu = C.mean_std(r["cpu_sec_per_iter"] for r in runs)
         summary.append(dict(
             variant=study, label=LABELS[study], stem_stride=layouts[study]["stem_stride"],
-            fpn_inputs=",".join(layouts[study]["fpn_inputs"]),
+            **{inputs: ",".join(layouts[study][inputs])},
             AP=ap["mean"], AP_std=ap["std"], APs=aps["mean"], APs_std=aps["std"],
             APm=apm["mean"], sec_per_iter=spi["mean"], sec_per_iter_median=spi_med["mean"],
             cpu_sec_per_iter=cpu["mean"],
@@ -183,8 +203,9 @@ def main(argv=None):
             diverged=sum(r["diverged"] for r in runs)))
     fig = plot(exp, summary)
     notes = [
-        "AP/APs/APm in percent (COCOEvaluator bbox, fixed 0.05 score threshold); mean over "
-        "seeds when several.",
+        f"detector: {what} ({C.rel(config)}).",
+        "AP/APs/APm in percent (COCOEvaluator bbox, the config's fixed score threshold: "
+        "0.05 for the focal RetinaNet, 0.01 for the SSD); mean over seeds when several.",
         "paper_voc07_map: the paper's VOC 2007 mAP for the same stem (SSD300, different "
         "data and scale), for orientation only.",
         "sec_per_iter (sec_per_iter_median): mean (median) wall time of a training step, "
@@ -192,7 +213,7 @@ def main(argv=None):
         "cpu_sec_per_iter: CPU time of the process per step (all threads).",
     ]
     exp.write(summary, columns, fig, notes)
-    exp.print_table(summary, columns, "Downsampling study (demo detector, stems swapped)")
+    exp.print_table(summary, columns, f"Downsampling study ({what}, stems swapped)")
     return exp
 
 
@@ -223,7 +244,7 @@ def plot(exp, summary):
         ax.set_xticklabels(ticks, fontsize=8)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"ScratchDet downsampling study on the demo detector ({exp.mode}, "
+    fig.suptitle(f"ScratchDet downsampling study, {exp.settings['detector_label']} ({exp.mode}, "
                  f"{exp.iterations} iterations, eval on {exp.eval_images} images)")
     fig.tight_layout()
     return C.save_figure(fig, exp)

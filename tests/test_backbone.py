@@ -139,19 +139,27 @@ def test_ssd300_maps_are_38_19_10_5_3_1():
 
 
 @pytest.mark.parametrize("study", sorted(DOWNSAMPLING_STUDY))
-def test_ssd300_maps_for_every_study_stem(study):
-    import importlib.util, os
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "study", "_ssd_sources.py")
-    spec = importlib.util.spec_from_file_location("_ssd_sources", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    stages, extras, _ = mod.ssd_sources(study)
-    bb = RootResNet(depth=18, stem_channels=4, res2_out_channels=4, out_features=stages,
-                    **DOWNSAMPLING_STUDY[study])
-    ssd = SSDBackbone(bb, in_features=stages, extra_channels=[4] * len(extras)).eval()
+@pytest.mark.parametrize("first_stride,size,maps", [(8, 300, [38, 19, 10, 5, 3, 1]),
+                                                    (4, 160, [40, 20, 10, 5, 3, 1])])
+def test_ssd_maps_for_every_study_stem(study, first_stride, size, maps):
+    """The paper-scale study (ScratchDet300, first map at stride 8) and the CPU-scale one
+    (160 px shapes, first map at stride 4) keep their six map sizes whatever the stem."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from scratchdet.backbone import apply_ssd_downsampling_study
+
+    cfg = LazyConfig.load("configs/common/models/scratchdet_ssd300.py")
+    cfg.model.backbone.bottom_up.stem_channels = 4
+    cfg.model.backbone.bottom_up.res2_out_channels = 4
+    cfg.model.backbone.extra_channels = [8] * 4
+    stages = apply_ssd_downsampling_study(cfg.model, study, first_stride=first_stride)
+    ssd = instantiate(cfg.model.backbone).eval()
+    assert ssd._out_features == cfg.model.head_in_features and stages[-1] == "res5"
     with torch.no_grad():
-        out = ssd(torch.randn(1, 3, 300, 300))
-    assert [out[f].shape[-1] for f in ssd._out_features] == [38, 19, 10, 5, 3, 1]
+        out = ssd(torch.randn(1, 3, size, size))
+    assert [out[f].shape[-1] for f in ssd._out_features] == maps
+    assert [out[f].shape[1] for f in ssd._out_features] == \
+        [s.channels for s in cfg.model.head.input_shape]
 
 
 def test_registered_backbones_build_from_yacs():

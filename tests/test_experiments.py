@@ -31,30 +31,34 @@ def _is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def run_quick(name, tmp_path):
-    out = tmp_path / name
+def run_quick(name, tmp_path, *args, record=None):
+    """``python -m experiments.NAME --quick ARGS``; ``record``: the experiment's name in
+    its JSON and figure (``NAME_ssd`` with ``--detector ssd``)."""
+    record = record or name
+    out = tmp_path / record
     # SCRATCHDET_CACHE from conftest: the session's generated data and prior cache; one
     # thread, as the other subprocess tests (steadier when the CPU is shared)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(
-        [sys.executable, "-m", f"experiments.{name}", "--quick", "--output", str(out)],
+        [sys.executable, "-m", f"experiments.{name}", "--quick", "--output", str(out), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     assert "results:" in p.stdout, p.stdout[-2000:]
     data = _strict_json(out / "results.json")
-    img = cv2.imread(str(out / f"{name}.png"))
+    img = cv2.imread(str(out / f"{record}.png"))
     assert img is not None and img.shape[0] > 100 and img.shape[1] > 100
-    check_common(data, name)
+    check_common(data, name, record)
     return data
 
 
-def check_common(data, name):
+def check_common(data, name, record=None):
+    record = record or name
     assert TOP_KEYS <= set(data), TOP_KEYS - set(data)
-    assert data["experiment"] == name
+    assert data["experiment"] == record
     assert data["mode"] == "quick"
     assert data["command"].startswith(f"python -m experiments.{name} ")
     assert "--quick" in data["command"]
-    assert data["figure"] == f"{name}.png"
+    assert data["figure"] == f"{record}.png"
     s = data["settings"]
     assert s["iterations"] > 0 and s["eval_images"] > 0 and isinstance(s["eval_dataset"], str)
     assert data["runs"] and data["summary"]
@@ -94,13 +98,31 @@ def check_common(data, name):
 
 def test_bn_from_scratch_quick(tmp_path):
     data = run_quick("bn_from_scratch", tmp_path)
+    assert data["settings"]["detector"] == "retinanet"
+    check_bn_runs(data)
+
+
+def test_bn_from_scratch_ssd_quick(tmp_path):
+    """The BN question on the paper's detector: the SSD demo config, MultiBox loss."""
+    data = run_quick("bn_from_scratch", tmp_path, "--detector", "ssd", "--iters", "8",
+                     record="bn_from_scratch_ssd")
+    s = data["settings"]
+    assert s["detector"] == "ssd"
+    assert s["config"] == "configs/shapes/scratchdet300_root_resnet18_demo.py"
+    assert s["variants"]["bn_backbone"]["overrides"] == ["model.head.norm="]
+    check_bn_runs(data)
+
+
+def check_bn_runs(data):
     lrs = data["settings"]["learning_rates"]
     assert len(data["runs"]) == 3 * len(lrs) and len(data["summary"]) == len(data["runs"])
     assert {r["variant"] for r in data["runs"]} == {"bn_all", "bn_backbone", "no_bn"}
     for r in data["runs"]:
-        g = r["curves"]["grad_norm"]
-        assert len(g) == r["iterations"] and all(_is_num(v) and v > 0 for v in g)
-        ch = r["curves"]["grad_change_rel"]
+        g, ch = r["curves"]["grad_norm"], r["curves"]["grad_change_rel"]
+        if r["diverged"]:  # the failing iteration recorded no gradient
+            assert g[-1] is None and ch[-1] is None
+            g, ch = g[:-1], ch[:-1]
+        assert len(g) >= r["iterations"] - 1 and all(_is_num(v) and v > 0 for v in g)
         assert ch[0] is None and all(_is_num(v) for v in ch[1:])
         st = r["grad_norm_stats"]
         for k in ("median", "std_over_mean", "max_over_min", "window_cv_mean",
@@ -123,6 +145,18 @@ def test_downsampling_quick(tmp_path):
         assert lay["fpn_input_strides"][0] == 4
         assert len(lay["fpn_inputs"]) + lay["extra_levels"] == 5  # p2..p6 for every stem
         assert _is_num(r["sec_per_iter"])
+
+
+def test_downsampling_ssd_quick(tmp_path):
+    """The stems in the paper's detector: six SSD maps from the stride-4 stage."""
+    data = run_quick("downsampling", tmp_path, "--detector", "ssd", "--iters", "6",
+                     "--studies", "resnet18", "root_resnet18", record="downsampling_ssd")
+    assert [r["variant"] for r in data["runs"]] == ["resnet18", "root_resnet18"]
+    assert "ssd_inputs" in data["summary_columns"]
+    lay = {r["variant"]: r["layout"] for r in data["runs"]}
+    assert lay["resnet18"]["ssd_inputs"] == ["res2", "res3", "res4", "res5"]
+    assert lay["root_resnet18"]["ssd_inputs"] == ["res4", "res5"]
+    assert [len(v["ssd_inputs"]) + v["extra_stages"] for v in lay.values()] == [6, 6]
 
 
 def test_sampling_quick(tmp_path):

@@ -8,4 +8,10 @@ from .root_resnet import (
     build_root_resnet_backbone,
     init_from_scratch,
 )
-from .ssd import SSDBackbone, SSDExtraBlock, build_root_resnet_ssd_backbone, ssd_extra_layout
+from .ssd import (
+    SSDBackbone,
+    SSDExtraBlock,
+    apply_ssd_downsampling_study,
+    build_root_resnet_ssd_backbone,
+    ssd_extra_layout,
+)

@@ -7,6 +7,7 @@ maps SSD300 predicts from. The first extra stages halve the map (3x3, stride 2, 
 which is what SSD's own conv10_2 / conv11_2 do and what the released ScratchDet code
 misses.
 """
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
@@ -17,7 +18,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .root_resnet import build_root_resnet_backbone
 
-__all__ = ["SSDExtraBlock", "SSDBackbone", "ssd_extra_layout", "build_root_resnet_ssd_backbone"]
+__all__ = ["SSDExtraBlock", "SSDBackbone", "ssd_extra_layout", "build_root_resnet_ssd_backbone",
+           "apply_ssd_downsampling_study"]
 
 
 def ssd_extra_layout(num_extra: int) -> List[Tuple[int, int]]:
@@ -130,3 +132,44 @@ def build_root_resnet_ssd_backbone(cfg, input_shape: ShapeSpec):
         extra_channels=cfg.MODEL.SSD.EXTRA_CHANNELS,
         norm=cfg.MODEL.ROOT_RESNET.NORM,
     )
+
+
+_STAGES = ["res2", "res3", "res4", "res5"]
+
+
+def apply_ssd_downsampling_study(model, study: str, first_stride: int = 8,
+                                 num_maps: int = 6) -> List[str]:
+    """
+    Turn a ScratchDet SSD model config (a LazyConfig ``ScratchDetSSD`` node with a
+    Root-ResNet ``SSDBackbone``) into a stem setting of ``DOWNSAMPLING_STUDY`` (the
+    paper's Table 4) on ResNet-18, in place; returns the stages fed to the head.
+
+    The SSD maps start at the ResNet stage of stride ``first_stride`` (8: 38x38 for a
+    300x300 input), so the ``num_maps`` maps keep their sizes whatever the stem: the
+    stem's total stride 4, 2 or 1 makes that stage res3, res4 or res5 (for
+    ``first_stride`` 8), and extra stages of the config's extra width fill up the maps.
+    """
+    from .root_resnet import DOWNSAMPLING_STUDY
+
+    s = DOWNSAMPLING_STUDY[study]
+    stem_stride = s["stem_stride"] * (1 if s["stem_pool"] == "none" else 2)
+    first = int(math.log2(first_stride // stem_stride)) if first_stride >= stem_stride else -1
+    if first not in range(len(_STAGES)) or stem_stride * 2 ** first != first_stride:
+        raise ValueError(f"{study}: no ResNet stage at stride {first_stride} (stem stride "
+                         f"{stem_stride})")
+    bottom_up = model.backbone.bottom_up
+    for k, v in s.items():
+        bottom_up[k] = v
+    bottom_up.depth = 18
+    res2 = int(bottom_up.get("res2_out_channels", 0) or 64)
+    widths = {name: res2 * 2 ** i for i, name in enumerate(_STAGES)}
+    stages = _STAGES[first:]
+    extra = int(model.backbone.extra_channels[0])
+    extras = [extra] * (num_maps - len(stages))
+    bottom_up.out_features = stages
+    model.backbone.in_features = stages
+    model.backbone.extra_channels = extras
+    model.head.input_shape = [ShapeSpec(channels=widths[f]) for f in stages] + \
+        [ShapeSpec(channels=extra)] * len(extras)
+    model.head_in_features = stages + [f"extra{i + 1}" for i in range(len(extras))]
+    return stages
