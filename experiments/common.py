@@ -49,9 +49,9 @@ from scratchdet.engine.lazy_train import build_model, do_test, load_config  # no
 from scratchdet.sampling_free import PriorInitHook  # noqa: E402
 
 __all__ = [
-    "REPO", "FOCAL_DEMO", "SF_DEMO", "SSD_DEMO", "DETECTORS", "METRICS", "Experiment", "make_parser", "seed_all",
-    "prepare_config", "train_and_evaluate", "grad_norm_stats", "finite_or_none",
-    "smooth", "plt", "mean_std", "rel", "save_figure",
+    "REPO", "FOCAL_DEMO", "SF_DEMO", "SSD_DEMO", "DETECTORS", "METRICS", "Experiment",
+    "make_parser", "seed_all", "prepare_config", "train_and_evaluate", "grad_norm_stats",
+    "finite_or_none", "smooth", "plt", "mean_std", "rel", "save_figure",
 ]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
