@@ -20,7 +20,7 @@ import glob
 import logging
 import os
 import zipfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, FrozenSet, List, Optional
 
 import torch
 
@@ -105,10 +105,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
     with non-finite tensors, and which resumes from the newest complete checkpoint when
     ``last_checkpoint`` names a missing or unreadable file (see the module docstring).
     After :meth:`resume_or_load`, :attr:`resumed_from` is the checkpoint resumed from
-    (``None`` when the run starts afresh).
+    (``None`` when the run starts afresh). After any load, :attr:`loaded_from` is the file
+    read (``None`` when there was none) and :attr:`unloaded_keys` the keys of the model's
+    state that it left as they were: absent from the file or of another shape there
+    (Detectron2 logs both and skips them). A Sampling-Free run reads them to tell which
+    heads' classification bias came from the checkpoint
+    (:class:`~scratchdet.sampling_free.PriorInitHook`).
     """
 
     resumed_from: Optional[str] = None
+    loaded_from: Optional[str] = None
+    unloaded_keys: FrozenSet[str] = frozenset()
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Like :meth:`Checkpointer.save`, but atomic, and it raises ``FloatingPointError``
@@ -175,6 +182,22 @@ class AtomicCheckpointer(DetectionCheckpointer):
             logger.warning("no %s in %s; resuming from the newest complete checkpoint %s",
                            LAST_CHECKPOINT, self.save_dir, fallback)
         return fallback
+
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """:meth:`Checkpointer.load`, recording :attr:`loaded_from` and
+        :attr:`unloaded_keys`."""
+        self.loaded_from, self.unloaded_keys = None, frozenset()
+        out = super().load(path, checkpointables=checkpointables)
+        if path:
+            self.loaded_from = path
+        return out
+
+    def _load_model(self, checkpoint: Any):
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is not None:
+            self.unloaded_keys = frozenset(incompatible.missing_keys) | frozenset(
+                k for k, _, _ in incompatible.incorrect_shapes)
+        return incompatible
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """

@@ -37,7 +37,7 @@ from ..sampling_free import PriorInitHook
 from .checkpoint import AtomicCheckpointer, check_output_dir
 
 __all__ = ["load_config", "apply_overrides", "build_model", "do_test", "do_train",
-           "ConfigOverrideError", "RESULTS_FILE"]
+           "ConfigOverrideError", "RESULTS_FILE", "setup_run", "eval_checkpoint"]
 
 RESULTS_FILE = "evaluation_results.json"  # in train.output_dir: the last evaluation
 
@@ -411,8 +411,9 @@ def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
             class_names=_class_names(cfg))
 
     trainer.register_hooks([
-        # counts the data's foreground prior for Sampling-Free heads that carry none yet
-        PriorInitHook(cfg, model),
+        # Sampling-Free heads: keeps the priors of a resumed checkpoint, counts this run's
+        # data otherwise (reading from the checkpointer which biases init_checkpoint set)
+        PriorInitHook(cfg, model, checkpointer),
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
@@ -433,6 +434,33 @@ def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
     return dict(last_results) if last_results else None
 
 
+def setup_run(cfg, args, output_dir: str) -> None:
+    """
+    What a ``train_net.py`` run does before building anything (LazyConfig or yacs):
+    refuse an output directory holding checkpoints unless ``--resume``/``--overwrite``
+    (:func:`check_output_dir`; not for ``--eval-only``), Detectron2's ``default_setup``,
+    the "scratchdet" log in ``output_dir``, and the machine's cores shared among the
+    local processes unless ``OMP_NUM_THREADS`` says otherwise.
+    """
+    if not args.eval_only:
+        check_output_dir(output_dir, resume=args.resume,
+                         overwrite=getattr(args, "overwrite", False))
+    default_setup(cfg, args)
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="scratchdet")
+    if not os.environ.get("OMP_NUM_THREADS"):  # the user's setting wins
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, comm.get_local_size())))
+
+
+def eval_checkpoint(path: str, key: str) -> str:
+    """``path``, the checkpoint ``--eval-only`` evaluates (config key ``key``): it must be
+    given, and exist unless it is a URL."""
+    if not path:
+        raise ValueError(f"--eval-only needs a checkpoint: add {key}PATH")
+    if "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError(f"{key}{path!r} does not exist")
+    return path
+
+
 def main(args):
     """
     Entry point used by ``train_net.py`` (runs in every launched process). Before anything
@@ -441,21 +469,11 @@ def main(args):
     ``args.overwrite`` (:func:`check_output_dir`).
     """
     cfg = load_config(args.config_file, args.opts)
-    if not args.eval_only:
-        check_output_dir(cfg.train.output_dir, resume=args.resume,
-                         overwrite=getattr(args, "overwrite", False))
-    default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="scratchdet")
-    if not os.environ.get("OMP_NUM_THREADS"):  # the user's setting wins
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, comm.get_local_size())))
+    setup_run(cfg, args, cfg.train.output_dir)
     model = build_model(cfg)
     logger.info("Model:\n{}".format(model))
     if args.eval_only:
-        ckpt = cfg.train.init_checkpoint
-        if not ckpt:
-            raise ValueError("--eval-only needs a checkpoint: add train.init_checkpoint=PATH")
-        if "://" not in ckpt and not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"train.init_checkpoint={ckpt!r} does not exist")
+        ckpt = eval_checkpoint(cfg.train.init_checkpoint, "train.init_checkpoint=")
         DetectionCheckpointer(model).load(ckpt)
         return do_test(cfg, model, checkpoint=ckpt)
     return do_train(cfg, model, resume=args.resume)

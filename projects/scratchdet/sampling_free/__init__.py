@@ -3,7 +3,13 @@ Training Deep Object Detectors?"): plain cross-entropy over all anchors/proposal
 optimal bias initialisation from the data's foreground prior, guided loss scaling and
 adaptive score thresholds."""
 from .guided_loss import GuidedLossScaler, guided_scale
-from .initialize import PriorInitHook, estimate_priors, initialize_priors, prior_heads
+from .initialize import (
+    PriorInitHook,
+    estimate_priors,
+    initialize_priors,
+    initialize_priors_from_checkpoint,
+    prior_heads,
+)
 from .prior import AnchorCounter, PriorCounts, count_dataset, resize_options
 from .prior_state import THRESHOLD_RULES, PriorState, bias_from_prior
 from .rcnn import SamplingFreeFastRCNNOutputLayers, SamplingFreeROIHeads, SamplingFreeRPN

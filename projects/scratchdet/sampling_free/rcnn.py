@@ -36,9 +36,16 @@ class SamplingFreeRPN(RPN):
     def prior_heads(self):
         return [("rpn", self.anchor_generator, self.anchor_matcher, 1, self)]
 
-    def set_prior(self, counts) -> None:
+    def prior_bias_params(self):
+        """The objectness bias :meth:`set_prior` sets to logit(p)."""
+        return [self.rpn_head.objectness_logits.bias]
+
+    def set_prior(self, counts, set_bias: bool = True) -> None:
+        """Store the counted prior and, with ``set_bias``, set the objectness bias to
+        logit(p) (see :meth:`SamplingFreeRetinaNet.set_prior`)."""
         self.prior_state.set(counts)
-        fill_bias([self.rpn_head.objectness_logits.bias], counts.prior)
+        if set_bias:
+            fill_bias(self.prior_bias_params(), counts.prior)
 
     def _subsample_labels(self, label):
         """Keep every anchor's label (1 fg, 0 bg, -1 ignored): no sampling."""

@@ -76,10 +76,17 @@ class SamplingFreeRetinaNet(RetinaNet):
         """What the prior estimator needs: (name, anchor generator, matcher, C, self)."""
         return [("retinanet", self.anchor_generator, self.anchor_matcher, self.num_classes, self)]
 
-    def set_prior(self, counts) -> None:
-        """Store the counted prior and set the classification bias to logit(p)."""
+    def prior_bias_params(self) -> List[torch.Tensor]:
+        """The classification bias tensors :meth:`set_prior` sets to logit(p)."""
+        return classification_bias_params(self.head)
+
+    def set_prior(self, counts, set_bias: bool = True) -> None:
+        """Store the counted prior (the adaptive thresholds follow from it) and, with
+        ``set_bias``, set the classification bias to logit(p). A run fine-tuning a
+        checkpoint whose bias loaded keeps that trained bias (``set_bias=False``)."""
         self.prior_state.set(counts)
-        fill_bias(classification_bias_params(self.head), counts.prior)
+        if set_bias:
+            fill_bias(self.prior_bias_params(), counts.prior)
 
     # -- training -------------------------------------------------------------------
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
