@@ -705,13 +705,13 @@ def _images_gt(dicts: Sequence[Dict]) -> Tuple[np.ndarray, np.ndarray, np.ndarra
     if not annos:
         return np.zeros((0, 4)), classes, num
     bboxes = [a["bbox"] for a in annos]
-    if not all(finite_box(b) for b in bboxes):
-        raise nonfinite_box_error(dicts)
     xywh = np.array([a["bbox_mode"] == BoxMode.XYWH_ABS for a in annos])
     plain = (all(a["bbox_mode"] in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in annos)
              and all(type(b) in (list, tuple) and len(b) == 4 for b in bboxes)
              and all(type(x) in _NUMBERS for b in bboxes for x in b))
     boxes = np.array(bboxes, np.float64) if plain else None
+    if not (np.isfinite(boxes).all() if plain else all(finite_box(b) for b in bboxes)):
+        raise nonfinite_box_error(dicts)
     if plain and xywh.any() and np.abs(boxes[xywh]).max() < 2 ** 24:
         f = boxes[xywh].astype(np.float32)
         f[:, 2:] += f[:, :2]
