@@ -53,6 +53,22 @@ def add_scratchdet_config(cfg: CN) -> CN:
     sf.RETINANET_NMS_THRESH_TEST = 0.55
     sf.ROI_SCORE_THRESH_TEST = 1e-4
 
+    # Detectron2's FCOS (scratchdet.modeling.ConfigurableFCOS, SamplingFreeFCOS), with the
+    # defaults of Detectron2's common/models/fcos.py; TEST.DETECTIONS_PER_IMAGE caps it
+    cfg.MODEL.FCOS = CN()
+    f = cfg.MODEL.FCOS
+    f.NUM_CLASSES = 80
+    f.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    f.NUM_CONVS = 4  # head convs, as wide as the features
+    f.NORM = "GN"
+    f.PRIOR_PROB = 0.01  # Sampling-Free: replaced by the counted prior before training
+    f.CENTER_SAMPLING_RADIUS = 1.5
+    f.FOCAL_LOSS_ALPHA = 0.25
+    f.FOCAL_LOSS_GAMMA = 2.0
+    f.SCORE_THRESH_TEST = 0.2  # on sqrt(cls x centerness); Sampling-Free: until a prior is set
+    f.TOPK_CANDIDATES_TEST = 1000
+    f.NMS_THRESH_TEST = 0.6
+
     # COCO-format instance datasets at any path, as [name, json_file, image_root] triples
     # (default: empty list, nothing registered). ``register_datasets_from_yacs(cfg)``
     # registers them after expanding ``$VARS`` and ``~`` in the paths;

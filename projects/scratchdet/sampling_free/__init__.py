@@ -12,5 +12,7 @@ from .initialize import (
 )
 from .prior import AnchorCounter, PriorCounts, count_dataset, resize_options
 from .prior_state import THRESHOLD_RULES, PriorState, bias_from_prior
+from .point_prior import FCOSPointRule, PointCounter
+from .fcos import SamplingFreeFCOS
 from .rcnn import SamplingFreeFastRCNNOutputLayers, SamplingFreeROIHeads, SamplingFreeRPN
 from .retinanet import SamplingFreeRetinaNet, classification_bias_params

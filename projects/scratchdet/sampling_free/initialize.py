@@ -23,7 +23,8 @@ def _unwrap(model):
 
 
 def prior_heads(model):
-    """Every (name, anchor generator, matcher, C, owner) of the model's prior heads."""
+    """Every (name, anchor generator, matcher or rule, C, owner) of the model's prior heads:
+    an IoU :class:`Matcher`, or a rule object with ``make_counter`` (FCOS's points)."""
     heads = []
     for m in _unwrap(model).modules():
         if hasattr(m, "prior_heads") and hasattr(m, "set_prior"):
@@ -73,15 +74,22 @@ def _training_data(cfg, dataset_dicts=None):
 
 
 def _prior_inputs(cfg, model, dataset_dicts=None):
-    """(dataset names, dataset dicts, mapper augmentations, {head: AnchorCounter}) of
+    """(dataset names, dataset dicts, mapper augmentations, {head: (counter, C)}) of
     ``cfg``'s training data and ``model``'s prior heads."""
     names, dicts, augs = _training_data(cfg, dataset_dicts)
     size_div = getattr(_unwrap(model).backbone, "size_divisibility", 0)
     num_classes = _num_classes(model)
-    counters = {name: (AnchorCounter(anchor_generator, matcher, num_classes, size_div),
-                       head_classes)
-                for name, anchor_generator, matcher, head_classes, _ in prior_heads(model)}
+    counters = {name: (_counter(anchor_generator, rule, num_classes, size_div), head_classes)
+                for name, anchor_generator, rule, head_classes, _ in prior_heads(model)}
     return names, dicts, augs, counters
+
+
+def _counter(anchor_generator, rule, num_classes: int, size_div: int):
+    """A head's counter: its assignment rule's own (``rule.make_counter``, e.g. FCOS's
+    point rule), else an :class:`AnchorCounter` of its IoU matcher."""
+    if hasattr(rule, "make_counter"):
+        return rule.make_counter(anchor_generator, num_classes, size_div)
+    return AnchorCounter(anchor_generator, rule, num_classes, size_div)
 
 
 def estimate_priors(cfg, model, dataset_dicts=None, use_cache=True, progress=True,

@@ -169,74 +169,20 @@ class _Batch:
                      tuple((int(h), int(w)) for h, w in self.grids[i]), int(self.weights[i]))
 
 
-class AnchorCounter:
+class GridCounter:
     """
-    Labels anchors with a head's anchor generator and matcher, as in training.
-
-    Two paths give the same counts (a test checks them against each other on coco_mini):
-
-    - :meth:`count` (dense, the reference): builds all the image's anchors and runs the
-      head's :class:`Matcher` on the full ``pairwise_iou`` matrix.
-    - :meth:`count_items` / :meth:`count_batch` (sparse; :func:`count_dataset` builds
-      its batches with :meth:`image_batch`): for each gt box, each cell anchor and each
-      grid row it computes the grid positions whose anchor *can* reach the matcher's
-      lowest threshold ``t`` (``IoU >= t`` needs the intersection
-      ``>= t (A_a + A_g) / (1 + t)``, which bounds the centre offsets), and only those
-      anchors get an IoU (float32, bit-identical to the entries of Detectron2's
-      ``pairwise_iou``). Every other anchor has IoU < t with every box, so it is
-      background. For the low-quality rule, a box whose best window IoU ``m`` is below
-      ``t`` widens its window to IoU >= m, which holds all its best (tied) anchors. The
-      Matcher's thresholds, labels and low-quality rule are then applied over these
-      (box, anchor) pairs, grouped by anchor (:func:`_group_pairs`); images where that
-      argument fails (a box with no overlapping anchor) fall back to the dense path. It
-      runs for Detectron2's ``Matcher`` with background below the lowest threshold and
-      grid anchor generators (``DefaultAnchorGenerator`` and subclasses); anything else
-      uses the dense path.
-
-    Args:
-        anchor_generator: a Detectron2 anchor generator (``strides``, ``offset``,
-            ``cell_anchors`` and ``_grid_anchors``).
-        matcher: the head's :class:`Matcher` (its thresholds and low-quality rule are used).
-        num_classes: classes of the ground truth (for per-class counts).
-        size_divisibility: the backbone's; images are padded to a multiple of it.
+    What every counter shares: the grid of an image's locations per level (after padding
+    to ``size_divisibility``) and the batching of images into items; a subclass labels
+    the locations with its head's rule in :meth:`count_batch`. A counter also gives
+    :meth:`fingerprint_fields`, the rule's parameters in the cache key.
     """
 
-    _PROBES = 6  # cell anchors tried per box for the lower bound of its best IoU
-
-    def __init__(self, anchor_generator, matcher, num_classes: int, size_divisibility: int = 0):
+    def __init__(self, anchor_generator, num_classes: int, size_divisibility: int = 0):
         self.anchor_generator = anchor_generator
-        self.matcher = matcher
         self.num_classes = int(num_classes)
         self.size_divisibility = int(size_divisibility or 0)
         self._strides = [int(s) for s in anchor_generator.strides]
-        self.pairs = 0  # (box, anchor) pairs matched so far by the sparse path
-        self.sparse = self._sparse_supported()
-        if self.sparse:
-            self._cells = [c.detach().cpu().numpy().astype(np.float32)
-                           for c in anchor_generator.cell_anchors]
-            self._t_low = float(matcher.thresholds[1])
-            # plain numbers (a LazyConfig-built Matcher may hold OmegaConf lists)
-            self._inner_thresholds = [np.float32(t) for t in list(matcher.thresholds)[1:-1]]
-            self._interval_labels = np.array([int(x) for x in matcher.labels], np.int8)
-            # the cell anchors of all levels in one table, with their level's geometry
-            off = float(anchor_generator.offset)
-            self._cell_table = np.concatenate(self._cells)
-            self._cell_level = np.concatenate([np.full(len(c), i) for i, c in enumerate(self._cells)])
-            self._cell_index = np.concatenate([np.arange(len(c)) for c in self._cells])
-            self._cell_count = np.array([len(self._cells[lv]) for lv in self._cell_level])
-            self._cell_stride = np.array([self._strides[lv] for lv in self._cell_level], np.float64)
-            self._cell_base = off * self._cell_stride
-            self._cells_per_level = np.array([len(c) for c in self._cells], np.int64)
-
-    def _sparse_supported(self) -> bool:
-        from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
-        from detectron2.modeling.matcher import Matcher
-
-        m = self.matcher
-        return (isinstance(self.anchor_generator, DefaultAnchorGenerator)
-                and all(float(s).is_integer() for s in self.anchor_generator.strides)
-                and type(m) is Matcher and len(m.thresholds) >= 3 and m.labels[0] == 0
-                and 0 < float(m.thresholds[1]) <= 1)
+        self.pairs = 0  # (box, location) pairs looked at so far by the sparse path
 
     # -- geometry -------------------------------------------------------------------------
     def grid_sizes(self, height: int, width: int) -> Tuple[Tuple[int, int], ...]:
@@ -251,15 +197,6 @@ class AnchorCounter:
             heights, widths = -(-heights // d) * d, -(-widths // d) * d
         s = np.array(self._strides, np.int64)
         return np.stack([-(-heights[:, None] // s), -(-widths[:, None] // s)], -1)
-
-    # -- counting ------------------------------------------------------------------------
-    def count(self, boxes: np.ndarray, classes: np.ndarray, height: int, width: int):
-        """
-        The dense reference for one image. boxes: (G, 4) XYXY in the (already resized)
-        image; classes: (G,) contiguous ids. Returns (num_foreground, num_valid, per-class
-        foreground counts as (C,) int64).
-        """
-        return self._dense_item(self.make_item(boxes, classes, height, width))
 
     def make_item(self, boxes, classes, height: int, width: int, weight: int = 1) -> _Item:
         """An image of ``height x width`` (after resizing) with its gt ``boxes`` (G, 4)
@@ -314,6 +251,92 @@ class AnchorCounter:
                        np.bincount(item[keep], minlength=len(sizes)).astype(np.int64),
                        self._grids(h, w), sizes[:, 2].copy())
         return batch, image_of
+
+
+class AnchorCounter(GridCounter):
+    """
+    Labels anchors with a head's anchor generator and matcher, as in training.
+
+    Two paths give the same counts (a test checks them against each other on coco_mini):
+
+    - :meth:`count` (dense, the reference): builds all the image's anchors and runs the
+      head's :class:`Matcher` on the full ``pairwise_iou`` matrix.
+    - :meth:`count_items` / :meth:`count_batch` (sparse; :func:`count_dataset` builds
+      its batches with :meth:`image_batch`): for each gt box, each cell anchor and each
+      grid row it computes the grid positions whose anchor *can* reach the matcher's
+      lowest threshold ``t`` (``IoU >= t`` needs the intersection
+      ``>= t (A_a + A_g) / (1 + t)``, which bounds the centre offsets), and only those
+      anchors get an IoU (float32, bit-identical to the entries of Detectron2's
+      ``pairwise_iou``). Every other anchor has IoU < t with every box, so it is
+      background. For the low-quality rule, a box whose best window IoU ``m`` is below
+      ``t`` widens its window to IoU >= m, which holds all its best (tied) anchors. The
+      Matcher's thresholds, labels and low-quality rule are then applied over these
+      (box, anchor) pairs, grouped by anchor (:func:`_group_pairs`); images where that
+      argument fails (a box with no overlapping anchor) fall back to the dense path. It
+      runs for Detectron2's ``Matcher`` with background below the lowest threshold and
+      grid anchor generators (``DefaultAnchorGenerator`` and subclasses); anything else
+      uses the dense path.
+
+    Args:
+        anchor_generator: a Detectron2 anchor generator (``strides``, ``offset``,
+            ``cell_anchors`` and ``_grid_anchors``).
+        matcher: the head's :class:`Matcher` (its thresholds and low-quality rule are used).
+        num_classes: classes of the ground truth (for per-class counts).
+        size_divisibility: the backbone's; images are padded to a multiple of it.
+    """
+
+    _PROBES = 6  # cell anchors tried per box for the lower bound of its best IoU
+
+    def __init__(self, anchor_generator, matcher, num_classes: int, size_divisibility: int = 0):
+        super().__init__(anchor_generator, num_classes, size_divisibility)
+        self.matcher = matcher
+        self.sparse = self._sparse_supported()
+        if self.sparse:
+            self._cells = [c.detach().cpu().numpy().astype(np.float32)
+                           for c in anchor_generator.cell_anchors]
+            self._t_low = float(matcher.thresholds[1])
+            # plain numbers (a LazyConfig-built Matcher may hold OmegaConf lists)
+            self._inner_thresholds = [np.float32(t) for t in list(matcher.thresholds)[1:-1]]
+            self._interval_labels = np.array([int(x) for x in matcher.labels], np.int8)
+            # the cell anchors of all levels in one table, with their level's geometry
+            off = float(anchor_generator.offset)
+            self._cell_table = np.concatenate(self._cells)
+            self._cell_level = np.concatenate([np.full(len(c), i) for i, c in enumerate(self._cells)])
+            self._cell_index = np.concatenate([np.arange(len(c)) for c in self._cells])
+            self._cell_count = np.array([len(self._cells[lv]) for lv in self._cell_level])
+            self._cell_stride = np.array([self._strides[lv] for lv in self._cell_level], np.float64)
+            self._cell_base = off * self._cell_stride
+            self._cells_per_level = np.array([len(c) for c in self._cells], np.int64)
+
+    def _sparse_supported(self) -> bool:
+        from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+        from detectron2.modeling.matcher import Matcher
+
+        m = self.matcher
+        return (isinstance(self.anchor_generator, DefaultAnchorGenerator)
+                and all(float(s).is_integer() for s in self.anchor_generator.strides)
+                and type(m) is Matcher and len(m.thresholds) >= 3 and m.labels[0] == 0
+                and 0 < float(m.thresholds[1]) <= 1)
+
+    # -- counting ------------------------------------------------------------------------
+    def count(self, boxes: np.ndarray, classes: np.ndarray, height: int, width: int):
+        """
+        The dense reference for one image. boxes: (G, 4) XYXY in the (already resized)
+        image; classes: (G,) contiguous ids. Returns (num_foreground, num_valid, per-class
+        foreground counts as (C,) int64).
+        """
+        return self._dense_item(self.make_item(boxes, classes, height, width))
+
+    def fingerprint_fields(self) -> Dict:
+        """The anchors and the matcher, as :func:`prior_fingerprint` keys them."""
+        anchors = [c.tolist() for c in self.anchor_generator.cell_anchors]
+        m = self.matcher
+        return dict(
+            cell_anchors=[[round(x, 4) for box in level for x in box] for level in anchors],
+            strides=[int(s) for s in self.anchor_generator.strides],
+            offset=float(self.anchor_generator.offset),
+            matcher=dict(thresholds=[float(t) for t in m.thresholds], labels=list(m.labels),
+                         low_quality=bool(m.allow_low_quality_matches)))
 
     def count_batch(self, batch: _Batch) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`count_items` of a :class:`_Batch`."""
@@ -818,17 +841,11 @@ def _dicts_digest(dataset_dicts: Sequence[Dict]) -> str:
 def prior_fingerprint(dataset_names, dataset_dicts, counter: AnchorCounter, augmentations,
                       head_classes: int, extra=None) -> str:
     """A key over everything the counts depend on."""
-    anchors = [c.tolist() for c in counter.anchor_generator.cell_anchors]
-    m = counter.matcher
     key = dict(
         version=PRIOR_VERSION,
         datasets=list(dataset_names) if not isinstance(dataset_names, str) else [dataset_names],
         data=_dicts_digest(dataset_dicts),
-        cell_anchors=[[round(x, 4) for box in level for x in box] for level in anchors],
-        strides=[int(s) for s in counter.anchor_generator.strides],
-        offset=float(counter.anchor_generator.offset),
-        matcher=dict(thresholds=[float(t) for t in m.thresholds], labels=list(m.labels),
-                     low_quality=bool(m.allow_low_quality_matches)),
+        **counter.fingerprint_fields(),
         resize=[repr(a) for a in augmentations
                 if isinstance(a, (T.ResizeShortestEdge, T.Resize))],
         size_divisibility=counter.size_divisibility,
