@@ -34,7 +34,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
-from detectron2.modeling.meta_arch import GeneralizedRCNN, RetinaNet
+from detectron2.modeling.meta_arch import FCOS, GeneralizedRCNN, RetinaNet
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.solver import build_lr_scheduler
 
 from scratchdet import add_scratchdet_config
@@ -71,6 +72,7 @@ SMALL = [p for p in PAIRS if p.startswith(("shapes/", "coco_mini/"))]
 LARGE_FUNCTIONAL = {
     "COCO/sampling_free_retinanet_R_50_FPN_1x": 320,
     "COCO/sampling_free_faster_rcnn_R_50_FPN_1x": 320,
+    "COCO/sampling_free_fcos_R_50_FPN_1x": 320,
     "VOC/scratchdet_retinanet_root_resnet34_fpn_voc0712": 160,  # stride-1 root: costly
     "VOC/scratchdet300_root_resnet34_voc0712": None,
 }
@@ -174,12 +176,12 @@ def key_hyper_parameters(model):
     p = dict(
         pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(),
-        input_format=model.input_format,
+        input_format=getattr(model, "input_format", None),  # FCOS has none
         size_divisibility=model.backbone.size_divisibility,
         backbone_outputs={k: (v.channels, v.stride)
                           for k, v in model.backbone.output_shape().items()},
     )
-    if isinstance(model, RetinaNet):
+    if isinstance(model, (RetinaNet, FCOS)):
         p.update(
             num_classes=model.num_classes,
             head_in_features=list(model.head_in_features),
@@ -187,12 +189,18 @@ def key_hyper_parameters(model):
             test_nms_thresh=model.test_nms_thresh,
             test_topk_candidates=model.test_topk_candidates,
             max_detections_per_image=model.max_detections_per_image,
-            box2box_weights=list(model.box2box_transform.weights),
             anchor_generator=_anchor_generator_params(model.anchor_generator),
-            anchor_matcher=_matcher_params(model.anchor_matcher),
-            smooth_l1_beta=model.smooth_l1_beta,
-            box_reg_loss_type=model.box_reg_loss_type,
         )
+        if isinstance(model, FCOS):
+            p.update(center_sampling_radius=model.center_sampling_radius,
+                     box2box_normalize_by_size=model.box2box_transform.normalize_by_size)
+        else:
+            p.update(
+                box2box_weights=list(model.box2box_transform.weights),
+                anchor_matcher=_matcher_params(model.anchor_matcher),
+                smooth_l1_beta=model.smooth_l1_beta,
+                box_reg_loss_type=model.box_reg_loss_type,
+            )
         if hasattr(model, "prior_state"):
             p.update(threshold_rule=model.prior_state.rule,
                      guided_loss_scale=model.guided_loss.scale)
@@ -258,7 +266,10 @@ def test_every_lazy_config_has_a_yaml():
     assert {"coco_mini/scratchdet_root_resnet18_fpn_coco_mini",
             "coco_mini/sampling_free_root_resnet18_fpn_coco_mini",
             "shapes/scratchdet_root_resnet18_fpn_demo",
-            "shapes/sampling_free_root_resnet18_fpn_demo"} <= set(SMALL)
+            "shapes/sampling_free_root_resnet18_fpn_demo",
+            "coco_mini/sampling_free_fcos_root_resnet18_fpn_coco_mini",
+            "shapes/fcos_root_resnet18_fpn_demo",
+            "shapes/sampling_free_fcos_root_resnet18_fpn_demo"} <= set(SMALL)
 
 
 # -- model equivalence -----------------------------------------------------------------------
@@ -384,7 +395,7 @@ def _calibrate_norms(model, inputs):
             model.eval()
             images = model.preprocess_image([inputs])
             features = model.backbone(images.tensor)
-            if isinstance(model, RetinaNet):
+            if isinstance(model, DenseDetector):
                 model.head([features[f] for f in model.head_in_features])
     finally:
         for h in handles:

@@ -5,9 +5,13 @@
 - Faster/Mask R-CNN -> SamplingFreeRPN (all anchors, scale 1.0, prior bias with C = 1)
   + SamplingFreeROIHeads (all proposals, softmax CE scaled to 2.0 x box loss, test
   score threshold 1e-4).
+- FCOS -> SamplingFreeFCOS: BCE over every location, guided scaling (1.0 x the GIoU
+  loss), bias from the prior counted with FCOS's point assignment, adaptive global
+  threshold on Detectron2's sqrt(cls x centerness) score.
 """
 from scratchdet.sampling_free import (
     SamplingFreeFastRCNNOutputLayers,
+    SamplingFreeFCOS,
     SamplingFreeROIHeads,
     SamplingFreeRetinaNet,
     SamplingFreeRPN,
@@ -33,4 +37,13 @@ def sampling_free_rcnn(model):
     bp.guided_loss_scale = 2.0
     bp.box_loss_normalizer = "${..batch_size_per_image}"
     bp.test_score_thresh = 1e-4
+    return model
+
+
+def sampling_free_fcos(model, threshold_rule="global"):
+    model._target_ = SamplingFreeFCOS
+    model.guided_loss_scale = 1.0
+    model.threshold_rule = threshold_rule
+    for k in ("focal_loss_alpha", "focal_loss_gamma"):
+        model.pop(k, None)
     return model

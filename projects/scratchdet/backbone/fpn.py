@@ -8,10 +8,12 @@ res3/res4/res5 sit at strides 4/8/16 and become p2/p3/p4, and a P6P7 top block a
 """
 from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from .root_resnet import build_root_resnet_backbone
 
-__all__ = ["build_root_resnet_fpn_backbone", "build_root_resnet_retinanet_fpn_backbone"]
+__all__ = ["build_root_resnet_fpn_backbone", "build_root_resnet_retinanet_fpn_backbone",
+           "build_fcos_resnet_fpn_backbone"]
 
 
 def _last_level_name(bottom_up, in_features) -> str:
@@ -56,3 +58,21 @@ def build_root_resnet_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec):
                              in_feature=_last_level_name(bottom_up, in_features))
 
     return _fpn(cfg, input_shape, p6p7)
+
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """Detectron2's ResNet FPN with P6/P7 computed from P5 (FCOS, Sec. 2.2 of
+    arXiv:2006.09214), as Detectron2's LazyConfig ``common/models/fcos.py`` builds it."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    in_features = cfg.MODEL.FPN.IN_FEATURES
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=in_features,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(out_channels, out_channels,
+                                in_feature=_last_level_name(bottom_up, in_features)),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
