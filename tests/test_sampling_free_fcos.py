@@ -38,7 +38,8 @@ from scratchdet.sampling_free.initialize import _prior_inputs
 from scratchdet.sampling_free.prior import load_or_count, prior_fingerprint, resize_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SF_FCOS_DEMO = os.path.join(REPO, "configs", "shapes", "sampling_free_fcos_root_resnet18_fpn_demo.py")
+SF_FCOS_DEMO = os.path.join(REPO, "configs", "shapes",
+                            "sampling_free_fcos_root_resnet18_fpn_demo.py")
 SF_FCOS_COCO = os.path.join(REPO, "configs", "COCO", "sampling_free_fcos_R_50_FPN_1x.py")
 
 

@@ -3,7 +3,8 @@ FCOS with 80 classes on the real-COCO subset (80 train / 79 val images, short si
 224-288), prior counted from coco_mini's annotations with FCOS's point assignment."""
 from ..common.data.coco_mini import dataloader, datasets  # noqa: F401
 from ..common.models.sampling_free import sampling_free_fcos
-from ..shapes.fcos_root_resnet18_fpn_demo import lr_multiplier, model, optimizer, train  # noqa: F401
+from ..shapes.fcos_root_resnet18_fpn_demo import (  # noqa: F401
+    lr_multiplier, model, optimizer, train)
 
 model = sampling_free_fcos(model)
 model.num_classes = 80

@@ -12,6 +12,7 @@ def add_scratchdet_config(cfg: CN) -> CN:
     MODEL.SSD: SSD extra stages and anchor steps (``build_root_resnet_ssd_backbone``) and
     the SSD head of the ``ScratchDetSSD`` meta-architecture.
     MODEL.SAMPLING_FREE: the Sampling-Free heads (``scratchdet.sampling_free``).
+    MODEL.FCOS: Detectron2's FCOS (``ConfigurableFCOS``, ``SamplingFreeFCOS``).
     DATASETS.COCO_INSTANCES: COCO-format datasets at any path, registered by
     ``scratchdet.data.register_datasets_from_yacs(cfg)``.
     """
@@ -44,7 +45,8 @@ def add_scratchdet_config(cfg: CN) -> CN:
     cfg.MODEL.SSD.NEG_POS_RATIO = 3.0
     cfg.MODEL.BACKBONE.FREEZE_AT = 0  # from scratch: nothing frozen
 
-    # Sampling-Free heads (SamplingFreeRetinaNet, SamplingFreeRPN, SamplingFreeROIHeads)
+    # Sampling-Free heads (SamplingFreeRetinaNet, SamplingFreeRPN, SamplingFreeROIHeads,
+    # SamplingFreeFCOS: GUIDED_LOSS_SCALE and THRESHOLD_RULE)
     cfg.MODEL.SAMPLING_FREE = CN()
     sf = cfg.MODEL.SAMPLING_FREE
     sf.GUIDED_LOSS_SCALE = 1.0  # RetinaNet / RPN: loss_cls scaled to 1.0 x box loss

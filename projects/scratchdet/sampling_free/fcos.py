@@ -3,10 +3,12 @@ adaptive thresholds."""
 import torch
 import torch.nn.functional as F
 
+from fvcore.nn import giou_loss
+
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
 from ..modeling.fcos import ConfigurableFCOS
@@ -80,9 +82,12 @@ class SamplingFreeFCOS(SamplingFreeDenseMixin, ConfigurableFCOS):
         loss_cls = F.binary_cross_entropy_with_logits(
             cat(pred_logits, dim=1), target.to(pred_logits[0].dtype), reduction="sum"
         ) / normalizer
-        loss_box_reg = _dense_box_regression_loss(
-            anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
-            box_reg_loss_type="giou") / normalizer
+        # GIoU of the decoded boxes on the positives, as Detectron2's FCOS computes it
+        points = Boxes.cat(anchors).tensor  # (R, 4)
+        pred_boxes = torch.stack([self.box2box_transform.apply_deltas(d, points)
+                                  for d in cat(pred_anchor_deltas, dim=1)])  # (N, R, 4)
+        loss_box_reg = giou_loss(pred_boxes[pos_mask], torch.stack(gt_boxes)[pos_mask],
+                                 reduction="sum") / normalizer
         ctrness_targets = self.compute_ctrness_targets(anchors, gt_boxes)  # (N, R)
         pred_centerness = cat(pred_centerness, dim=1).squeeze(dim=2)  # (N, R)
         loss_ctr = F.binary_cross_entropy_with_logits(

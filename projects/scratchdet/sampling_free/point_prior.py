@@ -79,15 +79,14 @@ class PointCounter(GridCounter):
         self._cell = np.concatenate(cells)  # (L, 4) float32
         self._offset = float(anchor_generator.offset)
         # float64 geometry of each level's points: centre of cell x at base + x * stride
-        s = np.array(self._strides, np.float64)
-        self._base = self._offset * s + (self._cell[:, 0] + self._cell[:, 2]).astype(np.float64) / 2
-        self._base_y = self._offset * s + (self._cell[:, 1] + self._cell[:, 3]).astype(np.float64) / 2
-        size = (self._cell[:, 2] - self._cell[:, 0]).astype(np.float64)
+        s, c = np.array(self._strides, np.float64), self._cell.astype(np.float64)
+        self._base = self._offset * s + (c[:, 0] + c[:, 2]) / 2
+        self._base_y = self._offset * s + (c[:, 1] + c[:, 3]) / 2
+        size = c[:, 2] - c[:, 0]
         levels = len(cells)
         self._lo = np.where(np.arange(levels) == 0, 0.0, rule.lower * size)
         self._hi = np.where(np.arange(levels) == levels - 1, np.inf, rule.upper * size)
-        self._reach = rule.center_sampling_radius * np.maximum(
-            size, (self._cell[:, 3] - self._cell[:, 1]).astype(np.float64))
+        self._reach = rule.center_sampling_radius * np.maximum(size, c[:, 3] - c[:, 1])
 
     def fingerprint_fields(self) -> Dict:
         """The points (cell anchors, strides, offset) and the rule's parameters."""
