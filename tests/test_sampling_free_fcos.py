@@ -79,12 +79,17 @@ def _fg_and_classes(labels, k):
 
 
 # -- the counter ----------------------------------------------------------------------------
-def test_point_counter_equals_label_anchors_on_random_boxes_with_area_ties(sf_demo):
+@pytest.mark.parametrize("radius", [1.5, 1.3, 2.7])
+def test_point_counter_equals_label_anchors_on_random_boxes_with_area_ties(sf_demo, radius):
     """Random boxes (inside, across and beyond the image edge, tiny to larger than the
     image), exact duplicates of other classes, and pairs whose float32 keys 1e8 - area tie
     although their areas differ: the first box of a tie takes the location, as
-    ``max(dim=0)`` decides. Counts and per-class counts equal ``label_anchors``."""
-    _, model, _ = sf_demo
+    ``max(dim=0)`` decides. Counts and per-class counts equal ``label_anchors``, for
+    Detectron2's centre-sampling radius and others (float32(radius) x stride)."""
+    import copy
+
+    model = copy.deepcopy(sf_demo[1])
+    model.center_sampling_radius = radius
     k = model.num_classes
     (_, gen, rule, _, _), = prior_heads(model)
     counter = rule.make_counter(gen, k, model.backbone.size_divisibility)
