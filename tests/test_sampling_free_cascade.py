@@ -113,10 +113,10 @@ def _expected_classes(matcher, gt, boxes, num_classes):
 def test_every_labelled_proposal_reaches_every_stage_and_cls_is_twice_box(sf_cascade,
                                                                            monkeypatch):
     """Stage 0: the RPN's proposals and the ground truth, all of them, labelled by matcher
-    0 (Detectron2 would sample 64 per image); stage k > 0: stage k-1's regressed boxes
+    0 (Detectron2 would sample 32 per image); stage k > 0: stage k-1's regressed boxes
     of all those, the empty ones dropped, labelled by matcher k. Each stage's cls loss is
     2.0 x its box loss, the unscaled CE is logged, the box loss is Detectron2's times
-    (proposals / (64 per image))."""
+    (proposals / (32 per image))."""
     _, model, _ = sf_cascade
     model.train()
     full = _train_inputs(1)[0]
@@ -150,7 +150,8 @@ def test_every_labelled_proposal_reaches_every_stage_and_cls_is_twice_box(sf_cas
                 assert torch.equal(p.gt_classes, want)
             n = sum(len(p) for p in proposals)
             counts.append(n)
-            assert n > 2 * 64 * 2  # more than the 64 per image Detectron2 samples
+            per_image = roi.batch_size_per_image  # what Detectron2 samples, 32
+            assert n > 2 * per_image * 2
             # guided scaling: cls = 2.0 x box; the logged unscaled value is the plain CE
             cls, box = losses[f"loss_cls_stage{k}"], losses[f"loss_box_reg_stage{k}"]
             assert box > 0 and cls.item() == pytest.approx(2.0 * box.item(), rel=1e-5)
@@ -159,7 +160,7 @@ def test_every_labelled_proposal_reaches_every_stage_and_cls_is_twice_box(sf_cas
             logged = storage.history(f"stage{k}/loss_cls_unscaled").latest()
             assert logged == pytest.approx(plain.item(), rel=1e-5)
             stock = FastRCNNOutputLayers.losses(bp, predictions, proposals)["loss_box_reg"]
-            assert box.item() == pytest.approx(stock.item() * n / (64 * 2), rel=1e-5)
+            assert box.item() == pytest.approx(stock.item() * n / (per_image * 2), rel=1e-5)
     # with one image and its empty twin: stage 0 holds R_1 + G + R_2 proposals
     assert counts[0] == sum(len(b) for b in rec.rpn) + len(gts[0])
     print("proposals in each stage's loss:", counts)

@@ -7,10 +7,11 @@ max-pool top level instead of P6/P7: levels p2..p5 at strides 4..32. Everything 
 Detectron2's (``common/models/mask_rcnn_fpn.py`` / ``cascade_rcnn.py``), resized:
 
 - RPN: one anchor size per level, 10/20/40/80 px (the objects are 8 to 80 px), 3 aspect
-  ratios; at most 1000 (500 in test) boxes per level before NMS and 256 (128) after;
-- ROI heads: 64 proposals sampled per image at 1:3, a quarter of the 256 proposals as
-  Detectron2's 512 are a quarter of its 2000 (the Sampling-Free heads use all 256 and
-  normalise their box loss by 64 per image); box heads of two 256-wide FCs instead of
+  ratios; at most 1000 (500 in test) boxes per level before NMS and 128 after (for at
+  most 6 objects; the ROI heads' cost, ROIAlign's backward above all, grows with it);
+- ROI heads: 32 proposals sampled per image at 1:3, a quarter of the 128 proposals as
+  Detectron2's 512 are a quarter of its 2000 (the Sampling-Free heads use all 128 and
+  normalise their box loss by 32 per image); box heads of two 256-wide FCs instead of
   1024; at most 50 detections per image, as the demo.
 """
 from detectron2.layers import ShapeSpec
@@ -32,10 +33,10 @@ def demo_rcnn(model):
     rpn.anchor_generator.sizes = [[10], [20], [40], [80]]
     rpn.anchor_generator.strides = [4, 8, 16, 32]
     rpn.pre_nms_topk = (1000, 500)
-    rpn.post_nms_topk = (256, 128)
+    rpn.post_nms_topk = (128, 128)
     roi = model.roi_heads
     roi.num_classes = 3
-    roi.batch_size_per_image = 64
+    roi.batch_size_per_image = 32
     for k in ("mask_in_features", "mask_pooler", "mask_head"):  # box-only
         roi[k] = None
     cascade = "box_heads" in roi

@@ -1,4 +1,4 @@
-"""Detectron2's Faster R-CNN (sampled losses: 256 anchors per image in the RPN, 64
+"""Detectron2's Faster R-CNN (sampled losses: 256 anchors per image in the RPN, 32
 proposals per image at 1:3 in the box head) on the demo's narrow Root-ResNet-18-FPN,
 from scratch on the embedded shapes data (see ``_rcnn_demo.py`` for the sizes). Data,
 schedule and optimizer are the demo detector's (flip only, batch 8, lr 0.03, cosine over
