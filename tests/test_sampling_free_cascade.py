@@ -1,5 +1,5 @@
 """Sampling-Free Cascade R-CNN: no sampling at any stage, guided scaling per stage, the RPN
-prior, the last stage's one-pass floor, empty images and batches.
+prior, the last stage's one-pass floor, empty images and batches, a mask head.
 
 All on the shapes config (narrow Root-ResNet-18-FPN, 160 px images) with one thread."""
 import copy
@@ -10,11 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.modeling.roi_heads import FastRCNNOutputLayers
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers, MaskRCNNConvUpsampleHead
+from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from scratchdet.engine import load_config
@@ -169,8 +173,6 @@ def test_every_labelled_proposal_reaches_every_stage_and_cls_is_twice_box(sf_cas
 def test_ignored_proposals_are_left_out_of_stage_0(sf_cascade, monkeypatch):
     """With an ignore band in stage 0's matcher, exactly the ignored proposals are left
     out: all proposals + ground truth - ignored."""
-    from detectron2.modeling.matcher import Matcher
-
     _, model, _ = sf_cascade
     model.train()
     batch = _train_inputs(2)
@@ -307,3 +309,43 @@ def test_stock_predictors_are_refused(sf_cascade):
         stock.pop(k)
     with pytest.raises(TypeError, match=r"stages \[1\]"):
         instantiate(model_cfg)
+
+
+def test_mask_head_trains_on_the_stage_0_foreground(sf_cascade, monkeypatch):
+    """A mask head on the cascade (Detectron2's, unchanged) trains on the foreground of
+    the unsampled stage-0 proposals: every one of them, and only them."""
+    model_cfg = copy.deepcopy(sf_cascade[0].model)
+    roi = model_cfg.roi_heads
+    roi.mask_in_features = ["p2", "p3", "p4", "p5"]
+    roi.mask_pooler = L(ROIPooler)(output_size=14, scales=(1 / 4, 1 / 8, 1 / 16, 1 / 32),
+                                   sampling_ratio=0, pooler_type="ROIAlignV2")
+    roi.mask_head = L(MaskRCNNConvUpsampleHead)(
+        input_shape=ShapeSpec(channels=64, width=14, height=14), num_classes=3,
+        conv_dims=[64, 64])
+    torch.manual_seed(0)
+    model = instantiate(model_cfg).train()
+    model.proposal_generator.set_prior(sf_cascade[2]["rpn"])
+    batch = _train_inputs(2)
+    for x in batch:  # box-shaped masks: the shapes data has none
+        inst = x["instances"]
+        m = torch.zeros(len(inst), *inst.image_size, dtype=torch.bool)
+        for i, (x0, y0, x1, y1) in enumerate(inst.gt_boxes.tensor.round().long().tolist()):
+            m[i, y0:y1, x0:x1] = True
+        inst.gt_masks = BitMasks(m)
+    rec = _Recorder(model, monkeypatch)
+    seen = []
+    head = model.roi_heads.mask_head
+
+    def mask_forward(x, instances, _orig=head.forward):
+        seen.append([i.gt_classes.clone() for i in instances])
+        return _orig(x, instances)
+    monkeypatch.setattr(head, "forward", mask_forward)
+    with EventStorage(0):
+        losses = model(batch)
+        sum(losses.values()).backward()
+    assert torch.isfinite(losses["loss_mask"]) and losses["loss_mask"] > 0
+    _, stage0, _ = rec.stage[0]
+    (classes,) = seen
+    for c, p in zip(classes, stage0):
+        assert torch.equal(c, p.gt_classes[p.gt_classes < 3]) and len(c) > 0
+    assert head.predictor.weight.grad.abs().sum() > 0
