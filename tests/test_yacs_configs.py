@@ -73,6 +73,7 @@ LARGE_FUNCTIONAL = {
     "COCO/sampling_free_retinanet_R_50_FPN_1x": 320,
     "COCO/sampling_free_faster_rcnn_R_50_FPN_1x": 320,
     "COCO/sampling_free_fcos_R_50_FPN_1x": 320,
+    "COCO/sampling_free_cascade_rcnn_R_50_FPN_1x": 320,
     "VOC/scratchdet_retinanet_root_resnet34_fpn_voc0712": 160,  # stride-1 root: costly
     "VOC/scratchdet300_root_resnet34_voc0712": None,
 }
@@ -146,8 +147,10 @@ def _attributes(obj):
             p = {name: w for name, w in p.items() if w != 1.0}
         if p is not None or v is None:
             out[k] = p
-        elif not isinstance(v, (nn.Module, torch.Tensor)) and hasattr(v, "__dict__") \
-                and not callable(v):
+        elif not isinstance(v, (nn.Module, torch.Tensor, ListConfig, DictConfig)) \
+                and hasattr(v, "__dict__") and not callable(v):
+            # (a ListConfig of objects is the lazy side of a list, e.g. a cascade's
+            # proposal_matchers, compared in key_hyper_parameters)
             out[k] = {"__class__": type(v).__name__, **_attributes(v)}
     return out
 
@@ -213,6 +216,10 @@ def key_hyper_parameters(model):
         assert isinstance(model, GeneralizedRCNN)
         rpn, roi = model.proposal_generator, model.roi_heads
         bp = roi.box_predictor
+        if isinstance(bp, nn.ModuleList):  # Cascade R-CNN: the stages, the last one filters
+            p.update(stage_matchers=[_matcher_params(m) for m in roi.proposal_matchers],
+                     stage_box2box_weights=[list(b.box2box_transform.weights) for b in bp])
+            bp = bp[-1]
         p.update(
             rpn_class=type(rpn).__name__,
             rpn_in_features=list(rpn.in_features),
@@ -221,7 +228,7 @@ def key_hyper_parameters(model):
             rpn_anchor_generator=_anchor_generator_params(rpn.anchor_generator),
             rpn_matcher=_matcher_params(rpn.anchor_matcher),
             rpn_box2box_weights=list(rpn.box2box_transform.weights),
-            rpn_guided_loss_scale=rpn.guided_loss.scale,
+            rpn_guided_loss_scale=getattr(getattr(rpn, "guided_loss", None), "scale", None),
             roi_class=type(roi).__name__,
             roi_num_classes=roi.num_classes,
             roi_in_features=list(roi.box_in_features),
@@ -232,8 +239,8 @@ def key_hyper_parameters(model):
             test_nms_thresh=bp.test_nms_thresh,
             test_topk_per_image=bp.test_topk_per_image,
             box2box_weights=list(bp.box2box_transform.weights),
-            roi_guided_loss_scale=bp.guided_loss.scale,
-            box_loss_normalizer=bp.box_loss_normalizer,
+            roi_guided_loss_scale=getattr(getattr(bp, "guided_loss", None), "scale", None),
+            box_loss_normalizer=getattr(bp, "box_loss_normalizer", None),
         )
     return p
 
@@ -269,7 +276,12 @@ def test_every_lazy_config_has_a_yaml():
             "shapes/sampling_free_root_resnet18_fpn_demo",
             "coco_mini/sampling_free_fcos_root_resnet18_fpn_coco_mini",
             "shapes/fcos_root_resnet18_fpn_demo",
-            "shapes/sampling_free_fcos_root_resnet18_fpn_demo"} <= set(SMALL)
+            "shapes/sampling_free_fcos_root_resnet18_fpn_demo",
+            "shapes/faster_rcnn_root_resnet18_fpn_demo",
+            "shapes/sampling_free_faster_rcnn_root_resnet18_fpn_demo",
+            "shapes/cascade_rcnn_root_resnet18_fpn_demo",
+            "shapes/sampling_free_cascade_rcnn_root_resnet18_fpn_demo",
+            "coco_mini/sampling_free_cascade_rcnn_root_resnet18_fpn_coco_mini"} <= set(SMALL)
 
 
 # -- model equivalence -----------------------------------------------------------------------

@@ -13,13 +13,22 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from .root_resnet import build_root_resnet_backbone
 
 __all__ = ["build_root_resnet_fpn_backbone", "build_root_resnet_retinanet_fpn_backbone",
-           "build_fcos_resnet_fpn_backbone"]
+           "build_fcos_resnet_fpn_backbone", "last_level_max_pool"]
 
 
 def _last_level_name(bottom_up, in_features) -> str:
     """FPN names its outputs after their stride: the last one is p{log2(stride)}."""
     last = bottom_up.output_shape()[in_features[-1]].stride
     return "p{}".format(int(last).bit_length() - 1)
+
+
+def last_level_max_pool(in_feature: str = "p5") -> LastLevelMaxPool:
+    """Detectron2's :class:`LastLevelMaxPool` (one more level: ``in_feature`` subsampled
+    by 2) on a named FPN level; its constructor fixes "p5", and a Root-ResNet FPN on
+    res3..res5 ends at p4. For LazyConfigs: ``L(last_level_max_pool)(in_feature="p4")``."""
+    block = LastLevelMaxPool()
+    block.in_feature = in_feature
+    return block
 
 
 def _fpn(cfg, input_shape, top_block_factory):
@@ -42,9 +51,7 @@ def build_root_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """Root-ResNet FPN with a max-pool top level (for Faster R-CNN style detectors)."""
 
     def maxpool(bottom_up, in_features, out_channels):
-        block = LastLevelMaxPool()
-        block.in_feature = _last_level_name(bottom_up, in_features)
-        return block
+        return last_level_max_pool(_last_level_name(bottom_up, in_features))
 
     return _fpn(cfg, input_shape, maxpool)
 

@@ -2,7 +2,9 @@
 
 A detector's *detection head* is the module whose ``test_score_thresh`` filters the final
 detections: the meta-architecture itself for dense detectors (RetinaNet and
-:class:`~scratchdet.sampling_free.SamplingFreeRetinaNet`), the box predictor for R-CNNs.
+:class:`~scratchdet.sampling_free.SamplingFreeRetinaNet`), the box predictor for R-CNNs
+(the last stage's for Cascade R-CNN, whose ``test_score_thresh`` filters the averaged
+scores).
 """
 import contextlib
 from typing import Optional
@@ -33,6 +35,8 @@ def detection_head(model: nn.Module) -> nn.Module:
         return m
     roi_heads = getattr(m, "roi_heads", None)
     if roi_heads is not None and hasattr(roi_heads, "box_predictor"):
+        if isinstance(roi_heads.box_predictor, nn.ModuleList):
+            return roi_heads.box_predictor[-1]  # Cascade R-CNN: the last stage filters
         return roi_heads.box_predictor
     raise TypeError(
         f"{type(m).__name__}: no detection head with a test score threshold (expected a "

@@ -2,6 +2,7 @@
 Training Deep Object Detectors?"): plain cross-entropy over all anchors/proposals,
 optimal bias initialisation from the data's foreground prior, guided loss scaling and
 adaptive score thresholds."""
+from .cascade import SamplingFreeCascadeROIHeads
 from .guided_loss import GuidedLossScaler, guided_scale
 from .initialize import (
     PriorInitHook,

@@ -6,6 +6,7 @@ from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.utils.events import get_event_storage
 
 from .guided_loss import GuidedLossScaler
 from .prior_state import PriorState, fill_bias
@@ -66,7 +67,8 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
     ``guided_loss_scale`` (2.0) x the box loss. The box loss is normalised by
     ``box_loss_normalizer`` proposals per image (Detectron2's sampled batch, 512) instead
     of by all proposals, so its magnitude matches the sampled baseline's (our choice; the
-    paper does not state it). Test score threshold 1e-4 by default.
+    paper does not state it). Test score threshold 1e-4 by default. The unscaled
+    cross-entropy is logged as ``loss_cls_unscaled`` (``stage{k}/...`` in a cascade).
     """
 
     @configurable
@@ -90,6 +92,7 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         n = sum(len(p) for p in proposals)
         ref = max(1, self.box_loss_normalizer * len(proposals))
         losses["loss_box_reg"] = losses["loss_box_reg"] * (max(n, 1) / ref)
+        get_event_storage().put_scalar("loss_cls_unscaled", float(losses["loss_cls"].detach()))
         losses["loss_cls"] = self.guided_loss(losses["loss_cls"], losses["loss_box_reg"])
         return losses
 
