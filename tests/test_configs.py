@@ -38,7 +38,11 @@ def test_config_list_covers_the_issue():
                    "VOC/sampling_free_retinanet_R_50_FPN", "VOC/sampling_free_faster_rcnn_R_50_FPN",
                    "sampling_free_scratchdet_retinanet_root_resnet34_fpn_coco",
                    "sampling_free_scratchdet_retinanet_root_resnet34_fpn_voc0712",
-                   "shapes/sampling_free_root_resnet18_fpn_demo"]:
+                   "shapes/sampling_free_root_resnet18_fpn_demo",
+                   "COCO/sampling_free_mask_rcnn_R_50_FPN_1x",
+                   "coco_mini/sampling_free_mask_rcnn_root_resnet18_fpn_coco_mini",
+                   "shapes/mask_rcnn_root_resnet18_fpn_demo",
+                   "shapes/sampling_free_mask_rcnn_root_resnet18_fpn_demo"]:
         assert needle in names, needle
 
 

@@ -11,7 +11,20 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P
 
 from .root_resnet import build_root_resnet_backbone
 
-__all__ = ["build_root_resnet_fpn_backbone", "build_root_resnet_retinanet_fpn_backbone"]
+__all__ = [
+    "build_root_resnet_fpn_backbone",
+    "build_root_resnet_retinanet_fpn_backbone",
+    "max_pool_top_block",
+]
+
+
+def max_pool_top_block(in_feature: str = "p5") -> LastLevelMaxPool:
+    """Detectron2's :class:`LastLevelMaxPool` (one more level, stride 2 max-pool) on the
+    FPN output ``in_feature``; its constructor fixes that to p5, where a Root-ResNet's
+    last FPN level is p4. For LazyConfigs: ``L(max_pool_top_block)(in_feature="p4")``."""
+    block = LastLevelMaxPool()
+    block.in_feature = in_feature
+    return block
 
 
 def _last_level_name(bottom_up, in_features) -> str:
@@ -40,9 +53,7 @@ def build_root_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """Root-ResNet FPN with a max-pool top level (for Faster R-CNN style detectors)."""
 
     def maxpool(bottom_up, in_features, out_channels):
-        block = LastLevelMaxPool()
-        block.in_feature = _last_level_name(bottom_up, in_features)
-        return block
+        return max_pool_top_block(_last_level_name(bottom_up, in_features))
 
     return _fpn(cfg, input_shape, maxpool)
 
