@@ -192,3 +192,18 @@ def test_do_test_writes_segm_at_both_thresholds(tiny_split, tmp_path):
     # the R-CNN's own 1e-4 (no prior on the box head) next to the fixed 0.05
     assert rec["score_thresholds"]["model"]["values"] == pytest.approx([1e-4] * 3)
     assert MetadataCatalog.get(TINY).json_file.endswith("annotations.json")
+
+
+def test_yacs_trainer_evaluates_segm_when_mask_on(tiny_split, tmp_path):
+    from detectron2.config import get_cfg
+
+    from scratchdet import add_scratchdet_config
+    from scratchdet.engine.yacs_train import ScratchDetTrainer
+
+    cfg = add_scratchdet_config(get_cfg())
+    cfg.merge_from_file(SF_MASK[:-3] + ".yaml")
+    cfg.OUTPUT_DIR = str(tmp_path)
+    assert cfg.MODEL.MASK_ON
+    assert ScratchDetTrainer.build_evaluator(cfg, TINY)._tasks == ("bbox", "segm")
+    cfg.MODEL.MASK_ON = False
+    assert ScratchDetTrainer.build_evaluator(cfg, TINY)._tasks == ("bbox",)
