@@ -1,7 +1,8 @@
 """Stock Mask R-CNN (Detectron2's sampled RPN and ROI heads) with the demo's narrow
 Root-ResNet-18-FPN backbone, from scratch on the embedded shapes data (exact polygon
 masks, see scratchdet.data.shapes): the baseline of
-sampling_free_mask_rcnn_root_resnet18_fpn_demo.py, which changes only the heads' losses.
+sampling_free_mask_rcnn_root_resnet18_fpn_demo.py, which changes only the RPN and ROI
+heads (no sampling, guided-scaled losses, test score threshold).
 
 Detectron2's Mask R-CNN FPN model (common/models/mask_rcnn_fpn.py) made CPU-sized: the
 demo backbone (root 32, stages 32..256, FPN 64 with BN) with a max-pool top level, so
