@@ -129,7 +129,7 @@ def _draw_object(rng, cls: str, size: int, length: float) -> Tuple[np.ndarray, n
 
 
 def _outline_polygon(mask: np.ndarray) -> np.ndarray:
-    """(N, 2) float vertices (x, y), clockwise on screen, of the outline of ``mask``, a
+    """(N, 2) float vertices (x, y), anticlockwise on screen, of the outline of ``mask``, a
     (H, W) bool mask whose foreground rows are consecutive and each one run of pixels
     (any convex shape OpenCV fills); in COCO coordinates, where pixel (i, j) covers
     [j, j + 1) x [i, i + 1). Vertices in the middle of a straight edge are dropped."""
