@@ -25,8 +25,9 @@ from scratchdet.sampling_free.prior import PriorCounts
 
 from conftest import REPO
 
-SF_MASK = os.path.join(REPO, "configs", "shapes", "sampling_free_mask_rcnn_root_resnet18_fpn_demo.py")
-STOCK_MASK = os.path.join(REPO, "configs", "shapes", "mask_rcnn_root_resnet18_fpn_demo.py")
+SHAPES = os.path.join(REPO, "configs", "shapes")
+SF_MASK = os.path.join(SHAPES, "sampling_free_mask_rcnn_root_resnet18_fpn_demo.py")
+STOCK_MASK = os.path.join(SHAPES, "mask_rcnn_root_resnet18_fpn_demo.py")
 TINY = "scratchdet_shapes_tiny_masks"
 
 

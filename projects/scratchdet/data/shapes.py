@@ -205,7 +205,7 @@ def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
                 annotations.append(dict(
                     id=len(annotations) + 1, image_id=i + 1, category_id=cls_idx + 1,
                     bbox=[x0, y0, x1 - x0, y1 - y0], area=(x1 - x0) * (y1 - y0), iscrowd=0,
-                    segmentation=[poly.ravel().tolist()]))
+                    segmentation=[poly.astype(np.int64).ravel().tolist()]))  # pixel corners
         categories = [dict(id=i + 1, name=n, supercategory="shape")
                       for i, n in enumerate(SHAPES_CLASSES)]
         with open(os.path.join(tmp, "annotations.json"), "w") as f:
