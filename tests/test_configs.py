@@ -47,7 +47,11 @@ def test_config_list_covers_the_issue():
                    "shapes/faster_rcnn_root_resnet18_fpn_demo",
                    "shapes/sampling_free_faster_rcnn_root_resnet18_fpn_demo",
                    "shapes/cascade_rcnn_root_resnet18_fpn_demo",
-                   "shapes/sampling_free_cascade_rcnn_root_resnet18_fpn_demo"]:
+                   "shapes/sampling_free_cascade_rcnn_root_resnet18_fpn_demo",
+                   "COCO/sampling_free_mask_rcnn_R_50_FPN_1x",
+                   "coco_mini/sampling_free_mask_rcnn_root_resnet18_fpn_coco_mini",
+                   "shapes/mask_rcnn_root_resnet18_fpn_demo",
+                   "shapes/sampling_free_mask_rcnn_root_resnet18_fpn_demo"]:
         assert needle in names, needle
 
 

@@ -126,3 +126,90 @@ def test_ssd_mapper_keeps_boxes_on_their_objects(small_shapes):
                 assert np.median(hsv[..., 1]) > 60
                 checked += 1
     assert checked > 20
+
+
+# -- instance masks of the shapes data ----------------------------------------------------------
+def test_shapes_masks_leave_images_and_boxes_as_they_were(tmp_path):
+    """The masks (spec version 2) draw no random numbers: JPEG bytes, boxes and areas are
+    those version 1 generated (digests taken from the version-1 generator)."""
+    import hashlib
+
+    out = str(tmp_path / "s")
+    d = json.load(open(generate_shapes(ShapesSpec(num_images=16, seed=7, image_size=96,
+                                                   min_size=4.0), out)))
+    h = hashlib.sha1()
+    for im in d["images"]:
+        with open(os.path.join(out, "images", im["file_name"]), "rb") as f:
+            h.update(f.read())
+    boxes = [[a["image_id"], a["category_id"], a["bbox"], a["area"]] for a in d["annotations"]]
+    assert len(boxes) == 55
+    assert h.hexdigest() == "be58b724d9232bc03730c6531ec73b13aaf84808"
+    assert hashlib.sha1(json.dumps(boxes).encode()).hexdigest() == \
+        "2a8147ae4a837ab5a405d68cf35fe4702bf7a288"
+
+
+def test_shapes_masks_are_exactly_the_drawn_pixels(monkeypatch):
+    """Each object's polygon, rasterised by pycocotools, is exactly the pixel set OpenCV
+    painted for it (amodal, so unoccluded or not), and its extent is the box."""
+    from pycocotools import mask as mask_util
+
+    from scratchdet.data import shapes
+
+    drawn = []
+    draw = shapes._draw_object
+
+    def recording(*args, **kwargs):
+        mask, color = draw(*args, **kwargs)
+        drawn.append(mask)
+        return mask, color
+
+    monkeypatch.setattr(shapes, "_draw_object", recording)
+    spec = ShapesSpec(num_images=40, seed=5, min_size=4.0)
+    rng = np.random.default_rng(spec.seed)
+    sizes, n = [], 0
+    for _ in range(spec.num_images):
+        drawn.clear()
+        _, objects = shapes._make_image(rng, spec)
+        for cls_idx, box, poly in objects:
+            mask = next(m for m in drawn if _tight_box(m) == box)  # its accepted draw
+            rle = mask_util.merge(mask_util.frPyObjects([poly.ravel().tolist()], *mask.shape))
+            assert np.array_equal(mask_util.decode(rle).astype(bool), mask)
+            assert [poly[:, 0].min(), poly[:, 1].min(), poly[:, 0].max(),
+                    poly[:, 1].max()] == box
+            sizes.append(max(box[2] - box[0], box[3] - box[1]))
+            n += 1
+    assert n > 80 and min(sizes) <= 5 and max(sizes) >= 60  # tiny and large ones
+
+
+def _tight_box(mask):
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def test_shapes_segm_of_the_ground_truth_scores_ap_1(small_shapes):
+    """COCO ``segm`` evaluation of the ground truth against itself gives AP 1.0, and the
+    annotations' masks are consistent with their boxes."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    out, ann = small_shapes
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann)
+        anns = gt.loadAnns(gt.getAnnIds())
+        assert all(a["segmentation"] and len(a["segmentation"][0]) >= 8 for a in anns)
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            poly = np.array(a["segmentation"][0]).reshape(-1, 2)
+            assert np.allclose(poly.min(0), [x, y]) and np.allclose(poly.max(0), [x + w, y + h])
+        res = gt.loadRes([dict(image_id=a["image_id"], category_id=a["category_id"],
+                               segmentation=gt.annToRLE(a), score=1.0) for a in anns])
+        ev = COCOeval(gt, res, "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)

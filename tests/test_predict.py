@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
@@ -123,3 +124,77 @@ def test_predict_tool_names_a_missing_input(low_threshold_checkpoint, tmp_path):
                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and str(missing) in p.stderr
     assert not os.path.exists(tmp_path / "o")
+
+
+SF_MASK_COCO_MINI = os.path.join(
+    REPO, "configs", "coco_mini", "sampling_free_mask_rcnn_root_resnet18_fpn_coco_mini.py")
+
+
+@pytest.fixture(scope="module")
+def mask_rcnn_checkpoint(coco_mini, tmp_path_factory):
+    """A random-weight Sampling-Free Mask R-CNN (coco_mini config) as a checkpoint: RPN
+    prior set, BatchNorm statistics of two val images (so eval-mode activations stay in
+    range and boxes and masks come out)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import instantiate
+
+    from scratchdet.sampling_free.prior import PriorCounts
+
+    cfg = load_config(SF_MASK_COCO_MINI, ["train.device=cpu"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    model.proposal_generator.set_prior(PriorCounts(
+        num_classes=1, num_foreground=30, num_valid=10000, per_class=[30], num_images=10,
+        stderr=1e-4))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.momentum = None  # cumulative average
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    model.train()
+    with torch.no_grad():
+        for path in _val_images(coco_mini, 2):
+            h, w = cv2.imread(path).shape[:2]
+            x = mapper({"file_name": path, "height": h, "width": w, "image_id": 0})
+            model.backbone(model.preprocess_image([x]).tensor)
+    for m in norms:
+        m.momentum = 0.1
+    out = tmp_path_factory.mktemp("mask_rcnn")
+    DetectionCheckpointer(model.eval(), save_dir=str(out)).save("model_final")
+    return out / "model_final.pth"
+
+
+def test_predict_tool_writes_masks_of_a_mask_rcnn(mask_rcnn_checkpoint, coco_mini, tmp_path):
+    from pycocotools import mask as mask_util
+
+    src = _val_images(coco_mini, 1)[0]
+    out = tmp_path / "out"
+    _predict(["--config-file", SF_MASK_COCO_MINI, "--weights", str(mask_rcnn_checkpoint),
+              "--input", src, "--output", str(out), "--vis-threshold", "0",
+              "--device", "cpu"], tmp_path)
+    img = cv2.imread(src)
+    with open(out / "detections.json") as f:
+        dets = json.load(f)
+    # the same detections and masks the LazyConfig model gives in this process
+    lazy = LazyPredictor(load_config(SF_MASK_COCO_MINI, ["train.device=cpu"]),
+                         str(mask_rcnn_checkpoint))
+    inst = lazy(utils.read_image(src, format="BGR"))["instances"]
+    assert len(dets) == len(inst) > 5 and inst.has("pred_masks")
+    assert int(inst.pred_masks.any(dim=(1, 2)).sum()) > 5  # masks with pixels
+    for det, mask in zip(dets, inst.pred_masks):
+        rle = det["segmentation"]
+        assert isinstance(rle["counts"], str) and rle["size"] == list(img.shape[:2])
+        decoded = mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        assert decoded.shape == img.shape[:2] and np.array_equal(decoded.astype(bool),
+                                                                 mask.numpy())
+    # the masks are drawn: the PNG differs from a drawing of the boxes alone
+    png = cv2.imread(str(out / (os.path.splitext(os.path.basename(src))[0] + ".png")))
+    assert png.shape == img.shape
+    from detectron2.utils.visualizer import Visualizer
+    boxes_only = inst[inst.scores >= 0]
+    boxes_only.remove("pred_masks")
+    vis = Visualizer(img[:, :, ::-1], lazy.metadata).draw_instance_predictions(boxes_only)
+    assert not np.array_equal(png, vis.get_image()[:, :, ::-1])
+    # COCO can read the file back as segm results
+    gt = COCO(os.path.join(coco_mini, "annotations", "instances_val2017.json"))
+    res = gt.loadRes(str(out / "detections.json"))
+    assert len(res.getAnnIds()) == len(dets)

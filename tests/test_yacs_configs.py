@@ -74,6 +74,7 @@ LARGE_FUNCTIONAL = {
     "COCO/sampling_free_faster_rcnn_R_50_FPN_1x": 320,
     "COCO/sampling_free_fcos_R_50_FPN_1x": 320,
     "COCO/sampling_free_cascade_rcnn_R_50_FPN_1x": 320,
+    "COCO/sampling_free_mask_rcnn_R_50_FPN_1x": 320,
     "VOC/scratchdet_retinanet_root_resnet34_fpn_voc0712": 160,  # stride-1 root: costly
     "VOC/scratchdet300_root_resnet34_voc0712": None,
 }
@@ -174,6 +175,11 @@ def _matcher_params(m):
                 low_quality=m.allow_low_quality_matches)
 
 
+def _guided_scale(module):
+    """The Sampling-Free guided loss scale of a head; None for a stock one."""
+    return getattr(getattr(module, "guided_loss", None), "scale", None)
+
+
 def key_hyper_parameters(model):
     """The inference (and matching) hyper-parameters, by name."""
     p = dict(
@@ -228,7 +234,7 @@ def key_hyper_parameters(model):
             rpn_anchor_generator=_anchor_generator_params(rpn.anchor_generator),
             rpn_matcher=_matcher_params(rpn.anchor_matcher),
             rpn_box2box_weights=list(rpn.box2box_transform.weights),
-            rpn_guided_loss_scale=getattr(getattr(rpn, "guided_loss", None), "scale", None),
+            rpn_guided_loss_scale=_guided_scale(rpn),  # None: stock R-CNN
             roi_class=type(roi).__name__,
             roi_num_classes=roi.num_classes,
             roi_in_features=list(roi.box_in_features),
@@ -239,7 +245,7 @@ def key_hyper_parameters(model):
             test_nms_thresh=bp.test_nms_thresh,
             test_topk_per_image=bp.test_topk_per_image,
             box2box_weights=list(bp.box2box_transform.weights),
-            roi_guided_loss_scale=getattr(getattr(bp, "guided_loss", None), "scale", None),
+            roi_guided_loss_scale=_guided_scale(bp),
             box_loss_normalizer=getattr(bp, "box_loss_normalizer", None),
         )
     return p
@@ -281,7 +287,10 @@ def test_every_lazy_config_has_a_yaml():
             "shapes/sampling_free_faster_rcnn_root_resnet18_fpn_demo",
             "shapes/cascade_rcnn_root_resnet18_fpn_demo",
             "shapes/sampling_free_cascade_rcnn_root_resnet18_fpn_demo",
-            "coco_mini/sampling_free_cascade_rcnn_root_resnet18_fpn_coco_mini"} <= set(SMALL)
+            "coco_mini/sampling_free_cascade_rcnn_root_resnet18_fpn_coco_mini",
+            "coco_mini/sampling_free_mask_rcnn_root_resnet18_fpn_coco_mini",
+            "shapes/mask_rcnn_root_resnet18_fpn_demo",
+            "shapes/sampling_free_mask_rcnn_root_resnet18_fpn_demo"} <= set(SMALL)
 
 
 # -- model equivalence -----------------------------------------------------------------------
@@ -495,6 +504,11 @@ def test_default_predictor_reproduces_lazy_detections(stem, tmp_path, coco_mini)
     torch.testing.assert_close(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor,
                                rtol=1e-5, atol=1e-3)
+    assert got.has("pred_masks") == expected.has("pred_masks")
+    if expected.has("pred_masks"):  # Mask R-CNN: (N, H, W) bool masks pasted into the image
+        assert got.pred_masks.shape == expected.pred_masks.shape == (len(got), h, w)
+        assert expected.pred_masks.any(dim=(1, 2)).sum() >= 5
+        assert torch.equal(got.pred_masks, expected.pred_masks)
 
 
 # -- ScratchDetSSD ---------------------------------------------------------------------------

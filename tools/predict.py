@@ -10,9 +10,13 @@ checkpoint written by ``train_net.py`` (e.g. OUTPUT/model_final.pth); Sampling-F
 models apply the adaptive score threshold it carries. Writes
 
     DIR/<image stem>.png   the image with its detections drawn by Detectron2's Visualizer
-                           (those scoring at least --vis-threshold)
+                           (those scoring at least --vis-threshold; masks too when the
+                           model predicts them)
     DIR/detections.json    every detection, COCO result format
-                           [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]
+                           [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}],
+                           plus "segmentation" for a mask model: the detection's mask as
+                           COCO RLE {"size": [h, w], "counts": str}, which
+                           pycocotools.mask.decode reads back
     DIR/images.json        the COCO "images" entries those ids refer to
                            [{"id", "file_name", "height", "width"}]
 
@@ -27,8 +31,10 @@ import os
 import sys
 
 import cv2
+import numpy as np
 import torch
 import tqdm
+from pycocotools import mask as mask_util
 
 from detectron2.data import detection_utils as utils
 from detectron2.utils.logger import setup_logger
@@ -75,7 +81,18 @@ def coco_index(metadata):
     return ids, cat_map
 
 
+def encode_masks(masks: torch.Tensor):
+    """COCO RLEs ({"size": [h, w], "counts": str}) of (N, H, W) bool masks."""
+    arr = np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0))
+    rles = mask_util.encode(arr) if len(masks) else []
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
 def coco_results(instances, image_id, cat_map):
+    """COCO result dicts of one image's detections (with an RLE ``segmentation`` each when
+    ``instances`` has ``pred_masks``, (N, H, W) bool)."""
     boxes = instances.pred_boxes.tensor.numpy().tolist()
     scores = instances.scores.numpy().tolist()
     classes = instances.pred_classes.numpy().tolist()
@@ -85,6 +102,9 @@ def coco_results(instances, image_id, cat_map):
                     "category_id": cat_map[c] if cat_map else int(c),
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "score": float(s)})
+    if instances.has("pred_masks"):
+        for det, rle in zip(out, encode_masks(instances.pred_masks)):
+            det["segmentation"] = rle
     return out
 
 

@@ -120,7 +120,8 @@ class ScratchDetTrainer(DefaultTrainer):
     """
     Detectron2's :class:`DefaultTrainer` for scratchdet's yacs configs (see the module
     docstring): a :class:`PriorInitHook` runs first, the checkpointer is an
-    :class:`AtomicCheckpointer`, and the evaluator is Detectron2's COCOEvaluator (or
+    :class:`AtomicCheckpointer`, and the evaluator is Detectron2's COCOEvaluator (tasks
+    bbox, plus segm with ``MODEL.MASK_ON``, keypoints with ``MODEL.KEYPOINT_ON``; or
     PascalVOCDetectionEvaluator for a dataset whose ``evaluator_type`` is
     ``"pascal_voc"``). Use it as ``DefaultTrainer``::
 
@@ -154,7 +155,12 @@ class ScratchDetTrainer(DefaultTrainer):
             DatasetCatalog.get(dataset_name)  # a generated split (shapes): generate it now
         if meta.get("evaluator_type", "coco") == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference"))
+        # the tasks named, not inferred from the predictions: segm is scored (NaN) even
+        # when a mask model detects nothing
+        tasks = ("bbox",) + (("segm",) if cfg.MODEL.MASK_ON else ()) + \
+            (("keypoints",) if cfg.MODEL.KEYPOINT_ON else ())
+        return COCOEvaluator(dataset_name, tasks=tasks,
+                             output_dir=os.path.join(cfg.OUTPUT_DIR, "inference"))
 
 
 def main(args) -> Dict:

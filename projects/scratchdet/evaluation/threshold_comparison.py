@@ -21,6 +21,7 @@ __all__ = [
 logger = logging.getLogger("scratchdet")
 
 _TABLE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+_TABLE_TASKS = ("bbox", "segm", "keypoints")
 
 
 def filter_by_score(instances: Instances, thresholds: torch.Tensor) -> Instances:
@@ -46,9 +47,10 @@ class ThresholdComparisonEvaluator(DatasetEvaluator):
     Run the model with :func:`~scratchdet.evaluation.score_floor` at :meth:`floor` (the
     element-wise minimum of the settings) while this evaluator collects its outputs.
 
-    ``evaluate()`` returns the primary setting's results unchanged (``{"bbox": {...}}``)
-    and every other setting's under ``"<task>@<name>"`` (e.g. ``"bbox@0.05"``), and logs
-    one table with a row per setting.
+    ``evaluate()`` returns the primary setting's results unchanged (``{"bbox": {...}}``,
+    plus ``"segm"`` for a mask model) and every other setting's under ``"<task>@<name>"``
+    (e.g. ``"bbox@0.05"``, ``"segm@0.05"``), and logs one table with a row per task and
+    setting. Filtering keeps every field of the kept detections (masks too).
     """
 
     def __init__(self, evaluators: Dict[str, DatasetEvaluator],
@@ -101,16 +103,20 @@ class ThresholdComparisonEvaluator(DatasetEvaluator):
         return results
 
     def _table(self, per_setting) -> str:
+        """One row per task (``bbox``, then ``segm``, ``keypoints`` where evaluated) and
+        threshold setting, with the task's AP metrics."""
+        tasks = [t for t in _TABLE_TASKS if any(t in (r or {}) for r in per_setting.values())]
         rows: List[Sequence] = []
         metrics = None
-        for name, res in per_setting.items():
-            bbox = (res or {}).get("bbox", {})
-            if metrics is None:
-                metrics = [m for m in _TABLE_METRICS if m in bbox]
-            label = self.labels.get(name, name)
-            rows.append([label, describe_thresholds(self.thresholds[name])]
-                        + ["{:.3f}".format(bbox.get(m, float("nan"))) for m in metrics])
-        return tabulate(rows, headers=["threshold", "value"] + list(metrics or []),
+        for task in tasks or ["bbox"]:
+            for name, res in per_setting.items():
+                scores = (res or {}).get(task, {})
+                if metrics is None:
+                    metrics = [m for m in _TABLE_METRICS if m in scores]
+                label = self.labels.get(name, name)
+                rows.append([label, describe_thresholds(self.thresholds[name]), task]
+                            + ["{:.3f}".format(scores.get(m, float("nan"))) for m in metrics])
+        return tabulate(rows, headers=["threshold", "value", "task"] + list(metrics or []),
                         tablefmt="pipe", disable_numparse=True, stralign="right")
 
 
