@@ -14,6 +14,13 @@ Pairs (A / B, target on the median ratio of the step time):
 - ``faster_rcnn_R50_FPN``: configs/COCO/sampling_free_faster_rcnn_R_50_FPN_1x.py vs the same
   model without the sampling_free_rcnn() transform (Detectron2's common/models/mask_rcnn_fpn.py
   without its mask head, res2 and stem frozen as in the SF config). Target <= 1.15.
+- ``cascade_rcnn_R50_FPN``: configs/COCO/sampling_free_cascade_rcnn_R_50_FPN_1x.py vs the
+  same model without the sampling_free_cascade_rcnn() transform (Detectron2's
+  common/models/cascade_rcnn.py without its mask head). Target <= 1.15.
+- ``fcos_R50_FPN``: configs/COCO/sampling_free_fcos_R_50_FPN_1x.py vs Detectron2's model zoo
+  COCO-Detection/fcos_R_50_FPN_1x.py. Target <= 1.00.
+- ``mask_rcnn_R50_FPN``: configs/COCO/sampling_free_mask_rcnn_R_50_FPN_1x.py vs Detectron2's
+  model zoo COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py. Target <= 1.15.
 - ``root_resnet34_vs_resnet34``: the same RetinaNet-FPN (focal loss, coco_mini config's
   widths: stem 32, stages 32..256, FPN and head 64) on a Root-ResNet-34 with its default
   root (3x 3x3/1 convs + 2x2/2 max-pool: stem stride 2, FPN p2..p6) vs a ResNet-34 with the
@@ -121,6 +128,46 @@ def _d2_faster_rcnn_r50(args):
     return cfg
 
 
+def _sf_cascade_rcnn_r50(args):
+    return common.load_config("COCO/sampling_free_cascade_rcnn_R_50_FPN_1x.py",
+                              common.coco_mini_overrides())
+
+
+def _d2_cascade_rcnn_r50(args):
+    """The SF Cascade R-CNN config with Detectron2's own cascade model
+    (common/models/cascade_rcnn.py without its mask head, as the SF config builds it)."""
+    from detectron2.model_zoo import get_config
+
+    cfg = _sf_cascade_rcnn_r50(args)
+    model = get_config("common/models/cascade_rcnn.py").model
+    for k in ("mask_in_features", "mask_pooler", "mask_head"):
+        model.roi_heads[k] = None
+    model.backbone.bottom_up.freeze_at = 2
+    model.proposal_generator.post_nms_topk = cfg.model.proposal_generator.post_nms_topk
+    cfg.model = model
+    return cfg
+
+
+def _sf_fcos_r50(args):
+    return common.load_config("COCO/sampling_free_fcos_R_50_FPN_1x.py",
+                              common.coco_mini_overrides())
+
+
+def _d2_fcos_r50(args):
+    return common.load_zoo_config("COCO-Detection/fcos_R_50_FPN_1x.py",
+                                  common.coco_mini_overrides())
+
+
+def _sf_mask_rcnn_r50(args):
+    return common.load_config("COCO/sampling_free_mask_rcnn_R_50_FPN_1x.py",
+                              common.coco_mini_overrides())
+
+
+def _d2_mask_rcnn_r50(args):
+    return common.load_zoo_config("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
+                                  common.coco_mini_overrides())
+
+
 def _root_resnet34(args):
     cfg = common.load_config(args.backbone_config)
     cfg.model.backbone.bottom_up.depth = 34
@@ -188,6 +235,28 @@ PAIRS: Dict[str, Pair] = {
         note="SF trains the box head on every proposal (~1000 per image) instead of 512: a "
              "cost independent of the image size, so the ratio at a small --short-side is "
              "larger than at COCO's 800"),
+    "cascade_rcnn_R50_FPN": Pair(
+        Variant("Sampling-Free Cascade R-CNN R50-FPN", _sf_cascade_rcnn_r50,
+                "configs/COCO/sampling_free_cascade_rcnn_R_50_FPN_1x.py"),
+        Variant("Detectron2 Cascade R-CNN R50-FPN (sampled RPN 256, ROI 512 per stage)",
+                _d2_cascade_rcnn_r50,
+                "detectron2 model_zoo common/models/cascade_rcnn.py without mask head"),
+        target=1.15,
+        note="every stage trains on every proposal (~2000 per image) instead of 512"),
+    "fcos_R50_FPN": Pair(
+        Variant("Sampling-Free FCOS R50-FPN", _sf_fcos_r50,
+                "configs/COCO/sampling_free_fcos_R_50_FPN_1x.py"),
+        Variant("Detectron2 FCOS R50-FPN (focal)", _d2_fcos_r50,
+                "detectron2 model_zoo COCO-Detection/fcos_R_50_FPN_1x.py"),
+        target=1.00),
+    "mask_rcnn_R50_FPN": Pair(
+        Variant("Sampling-Free Mask R-CNN R50-FPN", _sf_mask_rcnn_r50,
+                "configs/COCO/sampling_free_mask_rcnn_R_50_FPN_1x.py"),
+        Variant("Detectron2 Mask R-CNN R50-FPN (sampled RPN 256, ROI 512)", _d2_mask_rcnn_r50,
+                "detectron2 model_zoo COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py"),
+        target=1.15,
+        note="the box head trains on every proposal; the mask head on the same foreground "
+             "proposals in both"),
     "root_resnet34_vs_resnet34": Pair(
         Variant("RetinaNet-FPN on Root-ResNet-34 (3x3x3/1 root + 2x2/2 pool, p2..p6)",
                 _root_resnet34, "--backbone-config with depth=34"),

@@ -348,7 +348,8 @@ class _Reseed(HookBase):
 class RunRecorder(HookBase):
     """
     Per iteration: the losses the trainer logged (``total_loss``, ``loss_cls``,
-    ``loss_box_reg`` and, for Sampling-Free, ``loss_cls_unscaled``), the learning rate,
+    ``loss_box_reg`` and, for Sampling-Free, ``loss_cls_unscaled``; any other ``loss*``
+    term from the iteration it first appears, earlier iterations null), the learning rate,
     the wall time of the step, and with ``grad_norm`` the total L2 norm of the gradient
     of all parameters after ``backward()`` (what ``clip_grad_norm_(params, inf)``
     returns), with ``grad_change`` also ``||g_t - g_{t-1}|| / ||g_{t-1}||`` between
@@ -421,8 +422,11 @@ class RunRecorder(HookBase):
         c["step_cpu_seconds"].append(step_cpu)
         lr = latest.get("lr")
         c["lr"].append(lr[0] if lr and lr[1] == it else None)
-        for k in LOSS_KEYS:
+        # the losses every model logs, and any other loss term of this iteration (the
+        # stage losses of a cascade, FCOS's centerness, a mask loss, ...)
+        for k in sorted(set(LOSS_KEYS) | {k for k in latest if k.startswith("loss")}):
             v = latest.get(k)
+            c.setdefault(k, [None] * (len(c["iteration"]) - 1))
             c[k].append(finite_or_none(v[0]) if v and v[1] == it else None)
         for k in ("grad_norm", "grad_change_rel"):
             if k in c:
@@ -534,7 +538,9 @@ def train_and_evaluate(
             results = do_test(cfg, model, iteration=done)
         eval_seconds = time.perf_counter() - t1
     metrics = _metrics(results.get("bbox"))
-    fixed = results.get("bbox@0.05")
+    # the fixed threshold the evaluation scored beside the adaptive one (0.05; FCOS: 0.2)
+    fixed_key = next((k for k in results if k.startswith("bbox@")), None)
+    fixed = results.get(fixed_key) if fixed_key else None
     prior = None
     if hasattr(model, "prior_state") and model.prior_state.is_set:
         prior = dict(prior=float(model.prior_state.prior),
@@ -554,7 +560,10 @@ def train_and_evaluate(
         APs=metrics["APs"],
         null_reasons=_null_reasons(metrics, diverged_reason),
         ap_null_reason=_null_reasons(metrics, diverged_reason).get("AP"),
-        metrics_fixed_0_05=_metrics(fixed) if fixed else None,
+        metrics_fixed_0_05=_metrics(fixed) if fixed_key == "bbox@0.05" else None,
+        metrics_fixed=_metrics(fixed) if fixed else None,
+        fixed_threshold=float(fixed_key[len("bbox@"):]) if fixed_key else None,
+        metrics_segm=_metrics(results["segm"]) if results.get("segm") else None,
         sec_per_iter=_sec_per_iter(curves["step_seconds"]),
         sec_per_iter_median=_sec_per_iter(curves["step_seconds"], "median"),
         cpu_sec_per_iter=_sec_per_iter(curves["step_cpu_seconds"]),
@@ -624,7 +633,15 @@ def grad_norm_stats(norms: Sequence, changes: Optional[Sequence], iterations: in
     )
 
 
-def save_figure(fig, exp: Experiment) -> str:
+def save_figure(fig, exp: Experiment, title: Optional[str] = None) -> str:
+    """Save ``fig`` as ``<output>/<experiment>.png``; with ``title``, first give it that
+    title followed by the run's sizes (mode, iterations, seeds, evaluation images)."""
+    if title is not None:
+        seeds = exp.settings.get("seeds")
+        fig.suptitle(f"{title} ({exp.mode}, {exp.iterations} iterations, "
+                     + (f"{len(seeds)} seed(s), " if seeds else "")
+                     + f"eval on {exp.eval_images} images)")
+        fig.tight_layout()
     path = os.path.join(exp.out, exp.name + ".png")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

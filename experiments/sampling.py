@@ -217,11 +217,7 @@ def plot(exp, summary):
     ax.set_title(f"total training loss (moving avg {w})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"Sampling-Free vs focal loss on the demo detector ({exp.mode}, "
-                 f"{exp.iterations} iterations, {len(exp.settings['seeds'])} seed(s), "
-                 f"eval on {exp.eval_images} images)")
-    fig.tight_layout()
-    return C.save_figure(fig, exp)
+    return C.save_figure(fig, exp, "Sampling-Free vs focal loss on the demo detector")
 
 
 if __name__ == "__main__":

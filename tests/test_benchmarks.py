@@ -15,6 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXPECTED = {
     "train_step": {"retinanet_coco_mini", "retinanet_R50_FPN", "faster_rcnn_R50_FPN",
+                   "cascade_rcnn_R50_FPN", "fcos_R50_FPN", "mask_rcnn_R50_FPN",
                    "root_resnet34_vs_resnet34"},
     "prior": {"retinanet_R50_FPN_coco", "coco_mini"},
     "inference": {"predictor_adaptive_vs_fixed", "postprocess_adaptive_vs_fixed",
