@@ -43,12 +43,7 @@ SF_FCOS_DEMO = os.path.join(REPO, "configs", "shapes",
 SF_FCOS_COCO = os.path.join(REPO, "configs", "COCO", "sampling_free_fcos_R_50_FPN_1x.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,7 @@ STOCK_MASK = os.path.join(SHAPES, "mask_rcnn_root_resnet18_fpn_demo.py")
 TINY = "scratchdet_shapes_tiny_masks"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

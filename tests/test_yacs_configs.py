@@ -80,14 +80,7 @@ LARGE_FUNCTIONAL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these small forwards are as fast, and on a busy 2-core
-    machine several OpenMP threads slow them down 20-40x (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_yacs(stem, device="cpu"):
