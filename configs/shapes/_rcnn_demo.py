@@ -22,9 +22,13 @@ from scratchdet.backbone.fpn import last_level_max_pool
 from .scratchdet_root_resnet18_fpn_demo import model as _demo
 
 
-def demo_rcnn(model):
-    """Narrow a Detectron2 R-CNN model config (Faster or Cascade; its mask head, if any,
-    is dropped) to the shapes demo's backbone and sizes. Returns ``model``."""
+def demo_rcnn(model, *, pre_nms_topk=(1000, 500), post_nms_topk=(128, 128),
+              batch_size_per_image=32, mask=False):
+    """Narrow a Detectron2 R-CNN model config (Faster or Cascade) to the shapes demo's
+    backbone and sizes; its mask head is dropped, or with ``mask`` narrowed to 64
+    channels (4 convs and the deconv). The RPN's (train, test) top-k before and after NMS
+    and the proposals per image of the ROI heads default to the sizes above. Returns
+    ``model``."""
     model.backbone = _demo.backbone
     model.backbone.top_block = L(last_level_max_pool)(in_feature="p4")
     rpn = model.proposal_generator
@@ -32,13 +36,17 @@ def demo_rcnn(model):
     rpn.head.in_channels = 64
     rpn.anchor_generator.sizes = [[10], [20], [40], [80]]
     rpn.anchor_generator.strides = [4, 8, 16, 32]
-    rpn.pre_nms_topk = (1000, 500)
-    rpn.post_nms_topk = (128, 128)
+    rpn.pre_nms_topk = pre_nms_topk
+    rpn.post_nms_topk = post_nms_topk
     roi = model.roi_heads
     roi.num_classes = 3
-    roi.batch_size_per_image = 32
-    for k in ("mask_in_features", "mask_pooler", "mask_head"):  # box-only
-        roi[k] = None
+    roi.batch_size_per_image = batch_size_per_image
+    if mask:
+        roi.mask_head.input_shape = ShapeSpec(channels=64, width=14, height=14)
+        roi.mask_head.conv_dims = [64] * 5
+    else:
+        for k in ("mask_in_features", "mask_pooler", "mask_head"):  # box-only
+            roi[k] = None
     cascade = "box_heads" in roi
     for head in roi.box_heads if cascade else [roi.box_head]:
         head.input_shape = ShapeSpec(channels=64, height=7, width=7)
