@@ -30,7 +30,9 @@ bias of the heads whose bias loaded and sets the others' from the prior.
 On a machine without CUDA, ``--num-gpus N`` starts N CPU processes that talk over GLOO
 (LazyConfigs; a yacs config trains on the CPU in one process). A training run refuses an
 output directory that already holds checkpoints unless ``--resume`` or ``--overwrite``
-says what to do with them.
+says what to do with them. ``--eval-only`` refuses a checkpoint that does not fit the
+config's model (another class count or architecture), naming the parameters whose shapes
+differ or that the checkpoint lacks; training from one (fine-tuning) keeps what fits.
 """
 from detectron2.engine import default_argument_parser, launch
 

@@ -70,11 +70,12 @@ def test_default_predictor_with_yaml_matches_the_lazyconfig_model(
         assert total > 10
 
 
-def _predict(args, cwd):
+def _predict(args, cwd, status=0):
+    """Run tools/predict.py; it must exit with ``status``."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, os.path.join(REPO, "tools", "predict.py")] + args,
                        cwd=str(cwd), env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    assert p.returncode == status, p.stdout[-3000:] + p.stderr[-5000:]
     return p
 
 
@@ -106,7 +107,8 @@ def test_predict_tool_writes_pngs_and_a_coco_results_file(
     assert {d["image_id"] for d in dets} <= gt_ids
     assert {d["category_id"] for d in dets} <= set(gt.getCatIds())
     with open(out / "images.json") as f:
-        assert {im["id"] for im in json.load(f)} == gt_ids
+        listed = json.load(f)
+    assert {im["id"] for im in listed["images"]} == gt_ids and listed["skipped"] == []
     # the same detections DefaultPredictor gives for these images
     pred = build_predictor(SF_COCO_MINI_YAML, str(low_threshold_checkpoint[0]), device="cpu")
     expected = sum(len(pred(utils.read_image(p, format="BGR"))["instances"])
@@ -198,3 +200,171 @@ def test_predict_tool_writes_masks_of_a_mask_rcnn(mask_rcnn_checkpoint, coco_min
     gt = COCO(os.path.join(coco_mini, "annotations", "instances_val2017.json"))
     res = gt.loadRes(str(out / "detections.json"))
     assert len(res.getAnnIds()) == len(dets)
+
+
+# -- unreadable inputs and checkpoints that do not fit the config ---------------------------
+
+SF_DEMO = os.path.join(REPO, "configs", "shapes", "sampling_free_root_resnet18_fpn_demo.py")
+# what the 3-class demo checkpoint leaves unloaded in the 80-class coco_mini model
+DEMO_IN_COCO = ["head.cls_score.weight (27, 64, 3, 3) vs (720, 64, 3, 3)",
+                "head.cls_score.bias (27,) vs (720,)", "prior_state.class_counts (3,) vs (80,)",
+                "prior_state.score_thresholds (3,) vs (80,)"]
+
+
+@pytest.fixture(scope="module")
+def random_checkpoints(tmp_path_factory):
+    """Random-weight Sampling-Free RetinaNets as checkpoints: {"coco": the coco_mini
+    config's (80 classes), "demo": the shapes demo's (3 classes; otherwise the same
+    architecture, so only the class-dependent tensors differ)}."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from scratchdet.engine import build_model
+
+    out = tmp_path_factory.mktemp("random_checkpoints")
+    paths = {}
+    for name, config in [("coco", SF_COCO_MINI), ("demo", SF_DEMO)]:
+        torch.manual_seed(0)
+        model = build_model(load_config(config, ["train.device=cpu"]))
+        DetectionCheckpointer(model, save_dir=str(out)).save(name)
+        paths[name] = str(out / f"{name}.pth")
+    return paths
+
+
+def _images_and_a_text_file(coco_mini, folder):
+    """Two coco_mini val images and a text file named x.jpg in ``folder``."""
+    folder.mkdir()
+    for p in _val_images(coco_mini, 2):
+        shutil.copy(p, folder)
+    (folder / "x.jpg").write_text("not an image\n")
+    return folder
+
+
+def test_predict_tool_skips_an_unreadable_image_and_predicts_the_others(
+        random_checkpoints, coco_mini, tmp_path):
+    images = _images_and_a_text_file(coco_mini, tmp_path / "images")
+    out = tmp_path / "out"
+    thresh = "model.test_score_thresh=0.0"  # random weights: every score is low
+    p = _predict(["--config-file", SF_COCO_MINI, "--weights", random_checkpoints["coco"],
+                  "--input", str(images), "--output", str(out), "--device", "cpu", thresh],
+                 tmp_path, status=3)
+    bad = str(images / "x.jpg")
+    assert f"skipping {bad}: it cannot be read as an image (UnidentifiedImageError" in p.stdout
+    assert "1 input(s) skipped" in p.stderr and bad in p.stderr
+    gt = COCO(os.path.join(coco_mini, "annotations", "instances_val2017.json"))
+    by_name = {im["file_name"]: im for im in gt.loadImgs(gt.getImgIds())}
+    good = [os.path.basename(q) for q in _val_images(coco_mini, 2)]
+    with open(out / "images.json") as f:
+        listed = json.load(f)
+    assert listed["images"] == [{k: by_name[n][k] for k in ("id", "file_name", "height", "width")}
+                                for n in good]
+    (skipped,) = listed["skipped"]
+    assert skipped["file_name"] == "x.jpg" and skipped["path"] == bad
+    assert skipped["reason"].startswith("UnidentifiedImageError")
+    assert sorted(os.listdir(out)) == sorted(
+        ["detections.json", "images.json"] + [n[:-4] + ".png" for n in good])
+    # the two images' detections, as the predictor gives them in this process
+    with open(out / "detections.json") as f:
+        dets = json.load(f)
+    pred = build_predictor(SF_COCO_MINI, random_checkpoints["coco"], [thresh], device="cpu")
+    for n in good:
+        inst = pred(utils.read_image(str(images / n), format="BGR"))["instances"]
+        mine = [d for d in dets if d["image_id"] == by_name[n]["id"]]
+        assert len(mine) == len(inst) == 100  # max_detections_per_image
+        assert [d["score"] for d in mine] == pytest.approx(inst.scores.tolist(), rel=1e-4)
+    assert len(dets) == 200
+
+
+def test_predict_tool_strict_fails_on_the_bad_file_before_writing(
+        random_checkpoints, coco_mini, tmp_path):
+    images = _images_and_a_text_file(coco_mini, tmp_path / "images")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "detections.json").write_text("[]")  # an earlier run's result stays as it was
+    p = _predict(["--config-file", SF_COCO_MINI, "--weights", random_checkpoints["coco"],
+                  "--input", str(images), "--output", str(out), "--device", "cpu", "--strict"],
+                 tmp_path, status=1)
+    assert f"--strict: input {str(images / 'x.jpg')!r} cannot be read" in p.stderr
+    assert "UnidentifiedImageError" in p.stderr and "Traceback" not in p.stderr
+    assert os.listdir(out) == ["detections.json"] and (out / "detections.json").read_text() == "[]"
+
+
+@pytest.mark.parametrize("config", [SF_COCO_MINI, SF_COCO_MINI_YAML])
+def test_predictor_refuses_a_checkpoint_of_another_class_count(config, random_checkpoints):
+    from scratchdet.engine.checkpoint import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError) as e:
+        build_predictor(config, random_checkpoints["demo"], device="cpu")
+    msg = str(e.value)
+    assert random_checkpoints["demo"] in msg and "4 of another shape (checkpoint vs model)" in msg
+    for needle in DEMO_IN_COCO:
+        assert needle in msg, (needle, msg)
+    assert "missing from the checkpoint" not in msg  # only the shapes differ
+
+
+def test_predict_tool_refuses_a_checkpoint_of_another_class_count(
+        random_checkpoints, coco_mini, tmp_path):
+    out = tmp_path / "out"
+    p = _predict(["--config-file", SF_COCO_MINI, "--weights", random_checkpoints["demo"],
+                  "--input", _val_images(coco_mini, 1)[0], "--output", str(out),
+                  "--device", "cpu"], tmp_path, status=1)
+    assert "does not fit the model built from the config" in p.stderr
+    for needle in DEMO_IN_COCO:
+        assert needle in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("yacs", [False, True])
+def test_eval_only_refuses_a_checkpoint_of_another_class_count(yacs, random_checkpoints,
+                                                               tmp_path):
+    out = tmp_path / "eval"
+    weights = random_checkpoints["demo"]
+    if yacs:
+        args = [SF_COCO_MINI_YAML, "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(out)]
+    else:
+        args = [SF_COCO_MINI, "--eval-only", f"train.init_checkpoint={weights}",
+                f"train.output_dir={out}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file"]
+                       + args, cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode != 0
+    assert "CheckpointMismatchError" in p.stderr and weights in p.stderr
+    for needle in DEMO_IN_COCO:
+        assert needle in p.stderr, p.stderr[-3000:]
+    assert "Evaluation results" not in p.stdout + p.stderr  # it stopped before evaluating
+    assert not [f for f in os.listdir(out) if f.endswith(".json") or f == "inference"]
+
+
+def _save_state(state, path):
+    torch.save({"model": state}, path)
+    return str(path)
+
+
+def test_load_fitting_checkpoint_accepts_what_fits_and_names_what_is_missing(
+        random_checkpoints, sf_coco_mini_run, tmp_path):
+    from scratchdet.engine import build_model
+    from scratchdet.engine.checkpoint import (AtomicCheckpointer, CheckpointMismatchError,
+                                              load_fitting_checkpoint)
+
+    model = build_model(load_config(SF_COCO_MINI, ["train.device=cpu"]))
+    # a checkpoint train_net.py wrote (buffers of the prior included) loads completely
+    ckpt = AtomicCheckpointer(model)
+    ckpt.load(str(sf_coco_mini_run / "model_final.pth"))
+    assert ckpt.incompatible == ([], [], [])
+    extra = load_fitting_checkpoint(model, str(sf_coco_mini_run / "model_final.pth"))
+    assert extra["iteration"] == 3  # the checkpoint's other contents, as Checkpointer.load
+    state = torch.load(random_checkpoints["coco"], map_location="cpu", weights_only=False)["model"]
+    # keys only the checkpoint has are unused, not a mismatch (pixel_mean/pixel_std are
+    # not in the state: the config sets them)
+    assert not any(k.startswith("pixel_") for k in model.state_dict())
+    fits = dict(state, **{"extra.weight": torch.zeros(2)})
+    load_fitting_checkpoint(model, _save_state(fits, tmp_path / "fits.pth"))
+    torch.testing.assert_close(model.head.cls_score.weight, state["head.cls_score.weight"])
+    # a key of the model that the checkpoint lacks is named
+    lacking = {k: v for k, v in state.items() if k != "backbone.fpn_output2.weight"}
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_fitting_checkpoint(model, _save_state(lacking, tmp_path / "lacking.pth"))
+    assert "1 missing from the checkpoint: backbone.fpn_output2.weight." in str(e.value)
+    assert "of another shape" not in str(e.value)
+    with pytest.raises(ValueError, match="no checkpoint given"):  # random weights otherwise
+        load_fitting_checkpoint(model, "")

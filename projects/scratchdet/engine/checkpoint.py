@@ -14,7 +14,12 @@ guarantees that a killed or diverged run needs:
   unreadable file (with a warning) and resumes from the newest complete ``model_*.pth``.
 
 :func:`check_output_dir` is the guard that keeps a new run from overwriting the
-checkpoints of an earlier one.
+checkpoints of an earlier one. :func:`load_fitting_checkpoint` is the strict load of
+evaluation, prediction and export: a checkpoint that leaves any of the model's parameters
+or buffers at their initial values (another class count, another architecture) is refused,
+where Detectron2 only logs a warning and goes on with random weights. Training from such
+a checkpoint (fine-tuning) keeps Detectron2's lenient load
+(:meth:`AtomicCheckpointer.resume_or_load`).
 """
 import glob
 import logging
@@ -29,8 +34,9 @@ from detectron2.utils.events import get_event_storage
 
 from ..io import atomic_write
 
-__all__ = ["AtomicCheckpointer", "atomic_write", "check_output_dir", "existing_checkpoints",
-           "is_complete_checkpoint", "LAST_CHECKPOINT"]
+__all__ = ["AtomicCheckpointer", "atomic_write", "check_output_dir", "CheckpointMismatchError",
+           "describe_mismatch", "existing_checkpoints", "is_complete_checkpoint",
+           "load_fitting_checkpoint", "LAST_CHECKPOINT"]
 
 LAST_CHECKPOINT = "last_checkpoint"  # the tag file Detectron2's Checkpointer resumes from
 
@@ -108,14 +114,18 @@ class AtomicCheckpointer(DetectionCheckpointer):
     (``None`` when the run starts afresh). After any load, :attr:`loaded_from` is the file
     read (``None`` when there was none) and :attr:`unloaded_keys` the keys of the model's
     state that it left as they were: absent from the file or of another shape there
-    (Detectron2 logs both and skips them). A Sampling-Free run reads them to tell which
-    heads' classification bias came from the checkpoint
-    (:class:`~scratchdet.sampling_free.PriorInitHook`).
+    (Detectron2 logs both and skips them), and :attr:`incompatible` the full report of
+    the load (fvcore's ``_IncompatibleKeys``: ``missing_keys``, ``unexpected_keys``,
+    ``incorrect_shapes``; ``None`` before a load). A Sampling-Free run reads
+    :attr:`unloaded_keys` to tell which heads' classification bias came from the
+    checkpoint (:class:`~scratchdet.sampling_free.PriorInitHook`);
+    :func:`load_fitting_checkpoint` refuses a checkpoint from :attr:`incompatible`.
     """
 
     resumed_from: Optional[str] = None
     loaded_from: Optional[str] = None
     unloaded_keys: FrozenSet[str] = frozenset()
+    incompatible: Any = None
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Like :meth:`Checkpointer.save`, but atomic, and it raises ``FloatingPointError``
@@ -186,7 +196,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """:meth:`Checkpointer.load`, recording :attr:`loaded_from` and
         :attr:`unloaded_keys`."""
-        self.loaded_from, self.unloaded_keys = None, frozenset()
+        self.loaded_from, self.unloaded_keys, self.incompatible = None, frozenset(), None
         out = super().load(path, checkpointables=checkpointables)
         if path:
             self.loaded_from = path
@@ -194,6 +204,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Any):
         incompatible = super()._load_model(checkpoint)
+        self.incompatible = incompatible
         if incompatible is not None:
             self.unloaded_keys = frozenset(incompatible.missing_keys) | frozenset(
                 k for k, _, _ in incompatible.incorrect_shapes)
@@ -212,3 +223,64 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 self.resumed_from = ckpt
                 return self.load(ckpt)
         return self.load(path, checkpointables=[])
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model built from a config (see
+    :func:`load_fitting_checkpoint`)."""
+
+
+def _listing(items: List[str], limit: int) -> str:
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def describe_mismatch(incompatible, limit: int = 10) -> str:
+    """
+    What a load (fvcore's ``_IncompatibleKeys``, as Detectron2's checkpointer reports it)
+    left unloaded: the parameters and buffers whose shapes differ (checkpoint vs model)
+    and those missing from the checkpoint, at most ``limit`` names of each; ``""`` when
+    every one of them loaded. Detectron2 already drops the keys it fills itself
+    (``pixel_mean``/``pixel_std``, set from the config) from ``missing_keys``. Keys only
+    the checkpoint has are not a mismatch (the model does not use them).
+    """
+    if incompatible is None:
+        return ""
+    shapes = [f"{k} {tuple(c)} vs {tuple(m)}" for k, c, m in incompatible.incorrect_shapes]
+    reshaped = {k for k, _, _ in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in reshaped]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape (checkpoint vs model): "
+                     f"{_listing(shapes, limit)}")
+    if missing:
+        parts.append(f"{len(missing)} missing from the checkpoint: {_listing(missing, limit)}")
+    return "; ".join(parts)
+
+
+def load_fitting_checkpoint(model: torch.nn.Module, path: str) -> Dict[str, Any]:
+    """
+    Load the weights ``path`` into ``model`` with Detectron2's checkpointer (``.pth``
+    files of ``train_net.py``, Detectron2 ``.pkl`` files, URLs) and raise
+    :class:`CheckpointMismatchError` naming the parameters and buffers that did not load
+    (:func:`describe_mismatch`) unless every one of them came from the checkpoint. For
+    evaluation, prediction and export: a model left partly at its random initialisation
+    must not produce results. ``model`` is partly loaded when it raises; discard it.
+    Returns the checkpoint's other contents, as ``Checkpointer.load`` does.
+    """
+    if not path:  # Checkpointer.load would leave the model at its random initialisation
+        raise ValueError("no checkpoint given: evaluation, prediction and export need the "
+                         "weights of a trained model")
+    checkpointer = AtomicCheckpointer(model)
+    extra = checkpointer.load(path, checkpointables=[])
+    problem = describe_mismatch(checkpointer.incompatible)
+    if problem:
+        unexpected = getattr(checkpointer.incompatible, "unexpected_keys", [])
+        extra_keys = (f" The checkpoint also has {len(unexpected)} keys the model lacks: "
+                      f"{_listing(unexpected, 10)}.") if unexpected else ""
+        raise CheckpointMismatchError(
+            f"checkpoint {path!r} does not fit the model built from the config: "
+            f"{problem}.{extra_keys} Is it a checkpoint of this config (the same "
+            "architecture and number of classes)? To fine-tune from it, train with it as "
+            "train.init_checkpoint / MODEL.WEIGHTS instead.")
+    return extra

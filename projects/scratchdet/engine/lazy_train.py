@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
@@ -34,7 +33,7 @@ from ..data import register_datasets_from_config
 from ..io import write_json_atomic
 from ..evaluation import AdaptiveThresholdEvalHook, build_threshold_comparison, score_floor
 from ..sampling_free import PriorInitHook
-from .checkpoint import AtomicCheckpointer, check_output_dir
+from .checkpoint import AtomicCheckpointer, check_output_dir, load_fitting_checkpoint
 
 __all__ = ["load_config", "apply_overrides", "build_model", "do_test", "do_train",
            "ConfigOverrideError", "RESULTS_FILE", "setup_run", "eval_checkpoint"]
@@ -466,7 +465,8 @@ def main(args):
     Entry point used by ``train_net.py`` (runs in every launched process). Before anything
     is written, the overrides are checked (:func:`load_config`) and a training run refuses
     an output directory that holds checkpoints unless ``args.resume`` or
-    ``args.overwrite`` (:func:`check_output_dir`).
+    ``args.overwrite`` (:func:`check_output_dir`). ``--eval-only`` refuses a checkpoint
+    that does not fit the model (:func:`load_fitting_checkpoint`).
     """
     cfg = load_config(args.config_file, args.opts)
     setup_run(cfg, args, cfg.train.output_dir)
@@ -474,6 +474,6 @@ def main(args):
     logger.info("Model:\n{}".format(model))
     if args.eval_only:
         ckpt = eval_checkpoint(cfg.train.init_checkpoint, "train.init_checkpoint=")
-        DetectionCheckpointer(model).load(ckpt)
+        load_fitting_checkpoint(model, ckpt)  # refuses one of another class count / model
         return do_test(cfg, model, checkpoint=ckpt)
     return do_train(cfg, model, resume=args.resume)

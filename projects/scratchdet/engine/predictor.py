@@ -3,7 +3,11 @@
 :class:`LazyPredictor` is Detectron2's :class:`~detectron2.engine.DefaultPredictor` for
 LazyConfig files: the same call contract (one BGR ``np.ndarray`` in, the model's output
 dict out), with the test-time augmentations and image format of the config's test
-mapper. :func:`build_predictor` picks one of the two from the config file's extension.
+mapper. :class:`FittingDefaultPredictor` is ``DefaultPredictor`` for yacs configs.
+:func:`build_predictor` picks one of the two from the config file's extension. Both
+refuse a checkpoint that does not fit the config's model
+(:func:`~scratchdet.engine.checkpoint.load_fitting_checkpoint`), which Detectron2 would
+run with the unloaded parameters at their random initialisation.
 """
 import os
 from typing import List, Optional
@@ -12,14 +16,14 @@ import numpy as np
 import torch
 
 import detectron2.data.transforms as T
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 
 from ..config import add_scratchdet_config
+from .checkpoint import load_fitting_checkpoint
 
-__all__ = ["LazyPredictor", "build_predictor", "check_weights"]
+__all__ = ["FittingDefaultPredictor", "LazyPredictor", "build_predictor", "check_weights"]
 
 
 def check_weights(weights: str) -> str:
@@ -38,7 +42,8 @@ def _default_device() -> str:
 class LazyPredictor:
     """
     ``DefaultPredictor`` for a LazyConfig: builds ``cfg.model`` on ``cfg.train.device``,
-    loads ``weights`` (``cfg.train.init_checkpoint`` when None), and preprocesses like
+    loads ``weights`` (``cfg.train.init_checkpoint`` when None; ``CheckpointMismatchError``
+    when they do not fit the model), and preprocesses like
     ``cfg.dataloader.test.mapper`` (its ``augmentations`` and ``image_format``).
 
     Attributes: ``model`` (eval mode), ``metadata`` (of the first test dataset, or
@@ -52,7 +57,7 @@ class LazyPredictor:
         self.cfg = cfg
         self.model = build_model(cfg)
         self.model.eval()
-        DetectionCheckpointer(self.model).load(check_weights(weights or cfg.train.init_checkpoint))
+        load_fitting_checkpoint(self.model, check_weights(weights or cfg.train.init_checkpoint))
         self.metadata = None
         test = cfg.get("dataloader", {}).get("test", None)
         names = _test_dataset_names(cfg) if test is not None else []
@@ -79,13 +84,27 @@ class LazyPredictor:
             return self.model([{"image": image, "height": height, "width": width}])[0]
 
 
+class FittingDefaultPredictor(DefaultPredictor):
+    """Detectron2's ``DefaultPredictor`` (yacs ``cfg``), except that ``cfg.MODEL.WEIGHTS``
+    must fit the model: ``CheckpointMismatchError`` names what does not."""
+
+    def __init__(self, cfg):
+        unloaded = cfg.clone()
+        unloaded.defrost()
+        unloaded.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing; loaded strictly below
+        super().__init__(unloaded)
+        load_fitting_checkpoint(self.model, cfg.MODEL.WEIGHTS)
+        self.cfg = cfg.clone()
+
+
 def build_predictor(config_file: str, weights: str, opts: List[str] = (),
                     device: Optional[str] = None):
     """
     A predictor for ``config_file``: :class:`LazyPredictor` for ``.py`` LazyConfigs
-    (``opts`` are ``key=value`` overrides), Detectron2's ``DefaultPredictor`` for ``.yaml``
+    (``opts`` are ``key=value`` overrides), :class:`FittingDefaultPredictor` for ``.yaml``
     configs (``opts`` are ``KEY VALUE`` pairs; ``add_scratchdet_config`` keys included,
     ``DATASETS.COCO_INSTANCES`` registered). ``device`` defaults to CUDA when present.
+    ``weights`` that do not fit the model raise ``CheckpointMismatchError``.
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
@@ -106,6 +125,6 @@ def build_predictor(config_file: str, weights: str, opts: List[str] = (),
         cfg.MODEL.DEVICE = device
         register_datasets_from_yacs(cfg)
         cfg.freeze()
-        return DefaultPredictor(cfg)
+        return FittingDefaultPredictor(cfg)
     raise ValueError(f"config file {config_file!r}: expected a LazyConfig (.py) or a "
                      "yacs config (.yaml)")

@@ -31,7 +31,7 @@ from detectron2.utils import comm
 from ..config import add_scratchdet_config
 from ..data import register_datasets_from_yacs
 from ..sampling_free import PriorInitHook
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import AtomicCheckpointer, load_fitting_checkpoint
 from .lazy_train import ConfigOverrideError, eval_checkpoint, setup_run
 
 __all__ = ["ScratchDetTrainer", "load_yacs_config", "main", "is_yacs_config"]
@@ -168,7 +168,8 @@ def main(args) -> Dict:
     ``train_net.py`` for a YAML config (runs in every launched process): train (and
     evaluate on ``DATASETS.TEST``) or, with ``--eval-only``, evaluate ``MODEL.WEIGHTS``.
     Like the LazyConfig path, a training run refuses an ``OUTPUT_DIR`` that holds
-    checkpoints unless ``--resume`` or ``--overwrite``.
+    checkpoints unless ``--resume`` or ``--overwrite``, and ``--eval-only`` refuses
+    weights that do not fit the model (:func:`load_fitting_checkpoint`).
     """
     cfg = load_yacs_config(args.config_file, args.opts)
     _check_device(cfg)
@@ -176,7 +177,7 @@ def main(args) -> Dict:
     if args.eval_only:
         weights = eval_checkpoint(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS ")
         model = ScratchDetTrainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
+        load_fitting_checkpoint(model, weights)  # refuses one of another class count / model
         return ScratchDetTrainer.test(cfg, model)
     trainer = ScratchDetTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
