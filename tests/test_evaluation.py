@@ -120,7 +120,8 @@ def test_filtering_commutes_with_nms_at_the_rounding_edge(sf_model, width, shift
     on class-offset coordinates, offset by the largest coordinate present, so it rounded
     the pair's IoU one way with the far box (the floor pass) and the other way without
     it (the pass at 0.05): the two disagreed on all four pairs. The Sampling-Free
-    RetinaNet's per-class NMS sees each pair's own coordinates, whatever else is there."""
+    RetinaNet's NMS shifts classes by offsets fixed by the image size, whatever else is
+    there (tests/test_nms.py tests that NMS alone)."""
     model = sf_model[1].model
     a = torch.tensor([[20.1, 30.2, 20.1 + width, 30.2 + 45.7]])
     boxes = torch.cat([a, a + torch.tensor([[shift, 0.0, shift, 0.0]]),

@@ -85,12 +85,13 @@ class SamplingFreeDenseMixin:
     def inference_single_image(self, anchors, box_cls, box_delta, image_size):
         """Detectron2's decoding with :meth:`score_thresholds` in place of
         ``test_score_thresh`` ((HWA, K) scores > (K,) thresholds: one per class), then
-        :func:`per_class_nms`: a box's fate depends only on the higher-scored boxes of its
-        class, so one pass at a score floor, filtered, is exactly the pass at a higher
-        threshold (see ``score_floor``)."""
+        :func:`per_class_nms` (its IoUs on the boxes clipped to ``image_size``; the
+        returned boxes are not clipped, ``detector_postprocess`` clips them): a box's fate
+        depends only on the higher-scored boxes of its class, so one pass at a score
+        floor, filtered, is exactly the pass at a higher threshold (see ``score_floor``)."""
         pred = self._decode_multi_level_predictions(
             anchors, box_cls, box_delta, self.score_thresholds(), self.test_topk_candidates,
             image_size)
-        keep = per_class_nms(pred.pred_boxes.tensor.float(), pred.scores,
-                             pred.pred_classes, self.test_nms_thresh)
+        keep = per_class_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes,
+                             self.test_nms_thresh, image_size)
         return pred[keep[: self.max_detections_per_image]]

@@ -36,8 +36,9 @@ class SamplingFreeFCOS(SamplingFreeDenseMixin, ConfigurableFCOS):
     - inference: Detectron2's FCOS keeps the candidates whose score
       ``sqrt(sigmoid(cls) x sigmoid(centerness))`` exceeds ``test_score_thresh`` (0.2);
       here that same score is compared with the adaptive threshold(s) carried in
-      ``self.prior_state`` (global ``p x C`` or per class), and NMS is per class on each
-      class's own coordinates (IoU ``test_nms_thresh``, 0.6 as Detectron2's).
+      ``self.prior_state`` (global ``p x C`` or per class), and NMS is per class
+      (:func:`~scratchdet.sampling_free.nms.per_class_nms`, on boxes clipped to the image
+      for the IoUs; IoU ``test_nms_thresh``, 0.6 as Detectron2's).
 
     Training refuses to start without a prior.
     """

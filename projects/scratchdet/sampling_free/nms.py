@@ -1,30 +1,98 @@
-"""Per-class NMS on each class's own coordinates, through torchvision's public ``nms``."""
+"""Per-class NMS through torchvision's public ``nms`` on boxes shifted by class offsets fixed
+by the image size."""
+from typing import Tuple, Union
+
 import torch
 from torchvision.ops import nms
 
 __all__ = ["per_class_nms"]
 
+Size = Tuple[Union[int, torch.Tensor], Union[int, torch.Tensor]]
+
+# Above this many boxes on CPU (and not tracing), per_class_nms runs torchvision's nms
+# class by class, on the same shifted boxes: the CPU kernel's cost grows with the number
+# of kept boxes times all boxes, and at 80 classes one call is the slower beyond ~2000.
+CPU_ONE_CALL_MAX_BOXES = 2000
+
 
 def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
-                  iou_threshold: float) -> torch.Tensor:
+                  iou_threshold: float, image_size: Size) -> torch.Tensor:
     """
-    Greedy NMS run separately on the boxes of every class.
+    Greedy NMS within each class, as one ``torchvision.ops.nms`` call on shifted boxes.
 
-    Detectron2's ``batched_nms`` is torchvision's, which for small inputs (up to 1000
-    boxes on CPU) runs one NMS on class-offset coordinates instead; the offsets grow
-    with the input's largest coordinate, so the float32 IoU of a pair within about 1e-4
-    of the threshold depends on the other candidates. Here a box's fate depends only on
-    the higher-scored boxes of its own class: one pass over the candidates above a score
-    floor, filtered at a higher threshold, equals the pass at that threshold.
+    For the NMS computation only, the boxes are clipped to the image (as Detectron2's
+    box head and RPN, and mmdetection's dense heads, clip decoded boxes before NMS) and
+    class c is shifted by ``c * (max(H, W) + 1)`` on all four coordinates, in float64.
+    The clipped boxes of a class lie in [0, max(H, W)]^2, so after the shift boxes of
+    different classes never overlap, and the shift depends only on the class and the image
+    size: a box's fate depends only on the higher-scored boxes of its own class. One pass
+    at a score floor, filtered at a higher threshold, is therefore exactly the pass at that
+    threshold. Float64 holds the shifted float32 coordinates exactly (for shifts below
+    2^24 and coordinates above 1/64), so the IoUs are those of the unshifted clipped boxes
+    up to float64 rounding. On CPU, above ``CPU_ONE_CALL_MAX_BOXES`` boxes, the same
+    shifted boxes go through ``nms`` class by class, which keeps the same boxes faster
+    (every trace and every other device take the one call).
+
+    Relation to Detectron2's ``batched_nms`` (torchvision's): for boxes inside the image
+    the kept set can differ only for a pair whose IoU is within float32 rounding of the
+    threshold. torchvision computes the IoU in float32, on each class's own coordinates
+    (the per-class loop for large inputs) or on coordinates shifted by the largest
+    coordinate present (small inputs; there the rounding, about 1e-4 of the IoU at COCO
+    sizes, depends on the other candidates). A box extending outside the image enters
+    the IoU with its part inside the image; Detectron2's RetinaNet and FCOS do not clip
+    before NMS, so for such boxes the kept set can differ more. The boxes themselves are
+    not changed: only the returned indices depend on the clipping.
 
     Args:
-        boxes: (R, 4) XYXY; scores: (R,); classes: (R,) integer class of each box.
+        boxes: (R, 4) XYXY in the image's coordinates (any float dtype).
+        scores: (R,); classes: (R,) integer class index (>= 0) of each box.
+        iou_threshold: a box is suppressed by a higher-scored kept box of its class whose
+            IoU with it exceeds this.
+        image_size: (H, W) as ints, or as 0-dim tensors (Detectron2's ``ImageList`` under
+            ``torch.jit.trace``), which a trace then keeps as inputs.
     Returns:
-        (k,) int64 indices of the kept boxes, by decreasing score (ties by index).
+        (k,) int64 indices of the kept boxes, by decreasing score, ties by index.
     """
-    keep = torch.zeros_like(scores, dtype=torch.bool)
-    for c in torch.unique(classes):
-        idx = torch.where(classes == c)[0]
-        keep[idx[nms(boxes[idx], scores[idx], iou_threshold)]] = True
-    kept = torch.where(keep)[0]
-    return kept[scores[kept].sort(descending=True, stable=True)[1]]
+    h, w = (_float64(s, boxes.device) for s in image_size)
+    limits = torch.stack([w, h, w, h])
+    clipped = boxes.to(torch.float64).clamp(min=0).minimum(limits)
+    offsets = classes.to(torch.float64) * (torch.maximum(h, w) + 1)
+    # NMS sees strictly decreasing ranks in place of the scores: its own sort then
+    # cannot order equal scores differently for different candidate sets, and it returns
+    # the kept positions of `order` in increasing order
+    order = scores.sort(descending=True, stable=True)[1]
+    rank = -torch.ones_like(scores, dtype=torch.float64).cumsum(0)
+    shifted = clipped[order] + offsets[order, None]
+    if (torch.jit.is_tracing() or boxes.device.type != "cpu"
+            or len(order) <= CPU_ONE_CALL_MAX_BOXES):
+        return order[nms(shifted, rank, iou_threshold)]
+    return order[_nms_class_by_class(shifted, rank, classes[order], iou_threshold)]
+
+
+def _float64(length: Union[int, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """An image side as a 0-dim float64 tensor; a traced tensor stays an input of the
+    trace through ``Tensor.to`` (``torch.as_tensor`` warns that it may be a constant)."""
+    if isinstance(length, torch.Tensor):
+        return length.to(device=device, dtype=torch.float64)
+    return torch.tensor(float(length), device=device, dtype=torch.float64)
+
+
+def _nms_class_by_class(shifted: torch.Tensor, rank: torch.Tensor, classes: torch.Tensor,
+                        iou_threshold: float) -> torch.Tensor:
+    """
+    The kept set of one ``nms(shifted, rank, iou_threshold)`` call, from one call per
+    class: each pair of a class gets the same IoU arithmetic on the same values, and
+    pairs of different classes do not intersect. On CPU it is faster for many boxes:
+    there, ``nms`` compares each kept box with every later box, of any class.
+
+    Args:
+        shifted: (R, 4) float64 class-shifted boxes; rank: (R,) strictly decreasing;
+        classes: (R,) class of each box.
+    Returns:
+        (k,) int64 kept positions, increasing.
+    """
+    by_class = classes.sort(stable=True)[1]  # grouped by class, rank order within
+    counts = torch.unique_consecutive(classes[by_class], return_counts=True)[1]
+    kept = [idx[nms(shifted[idx], rank[idx], iou_threshold)]
+            for idx in by_class.split(counts.tolist())]
+    return torch.cat(kept).sort()[0]
