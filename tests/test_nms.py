@@ -1,13 +1,23 @@
 """Exact per-class NMS (scratchdet.sampling_free.nms): the kept boxes of a class depend only
 on that class's candidates and the image size, so a pass at a score floor filtered at a
 higher threshold is the pass at that threshold, also at the float32 rounding edge of the
-IoU threshold; it traces."""
+IoU threshold; it traces; the Sampling-Free box head's inference is Detectron2's with it."""
 import pytest
 import torch
 from torchvision.ops import box_iou, nms
 
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads.fast_rcnn import (
+    fast_rcnn_inference,
+    fast_rcnn_inference_single_image,
+)
+from detectron2.structures import Boxes, Instances
+
+from scratchdet.evaluation import filter_by_score
 from scratchdet.sampling_free import nms as nms_module
-from scratchdet.sampling_free.nms import per_class_nms
+from scratchdet.sampling_free.nms import fast_rcnn_inference_exact, per_class_nms
+from scratchdet.sampling_free.rcnn import SamplingFreeFastRCNNOutputLayers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,3 +166,74 @@ def test_traced_nms_equals_eager_on_other_inputs():
         assert torch.equal(traced(b, s, c, torch.tensor(size)), eager)
         assert torch.equal(eager, _reference(b, s, c, 0.55, size))
 
+
+def _box_head_inputs(r, k, seed, agnostic=False):
+    """(r, k * 4) (or (r, 4)) boxes partly outside a 480 x 640 image and (r, k + 1)
+    softmax scores, one row non-finite."""
+    b, _, _ = _random(r * (1 if agnostic else k), 1, (480, 640), seed)
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(r, k + 1, generator=g) * 3).softmax(dim=1)
+    scores[3, 0] = float("nan")
+    return b.reshape(r, -1), scores
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_box_head_inference_is_detectron2_s_with_the_exact_nms(agnostic):
+    boxes, scores = _box_head_inputs(300, 6, seed=8, agnostic=agnostic)
+    for thresh, topk in [(0.05, 100), (1e-4, 50), (0.3, -1)]:
+        ours, rows = fast_rcnn_inference_exact(boxes, scores, (480, 640), thresh, 0.5, topk)
+        d2, d2_rows = fast_rcnn_inference_single_image(boxes, scores, (480, 640), thresh, 0.5, topk)
+        assert len(ours) > 0 and ours.image_size == d2.image_size
+        assert torch.equal(rows, d2_rows) and torch.equal(ours.pred_classes, d2.pred_classes)
+        assert torch.equal(ours.scores, d2.scores)
+        assert torch.equal(ours.pred_boxes.tensor, d2.pred_boxes.tensor)
+
+
+def _predictor(num_classes, score_thresh=1e-4):
+    return SamplingFreeFastRCNNOutputLayers(
+        ShapeSpec(channels=16), box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
+        num_classes=num_classes, test_score_thresh=score_thresh, test_nms_thresh=0.55,
+        test_topk_per_image=100)
+
+
+def test_box_predictor_inference_is_detectron2_s():
+    torch.manual_seed(0)
+    pred = _predictor(5).eval()
+    proposals = []
+    for size, seed in [((480, 640), 9), ((300, 200), 10)]:
+        p = Instances(size)
+        p.proposal_boxes = Boxes(_random(40, 1, size, seed)[0])
+        proposals.append(p)
+    with torch.no_grad():
+        predictions = pred(torch.randn(80, 16) * 3)
+        ours, rows = pred.inference(predictions, proposals)
+        d2, d2_rows = fast_rcnn_inference(
+            pred.predict_boxes(predictions, proposals), pred.predict_probs(predictions, proposals),
+            [p.image_size for p in proposals], 1e-4, 0.55, 100)
+    for a, b, ra, rb in zip(ours, d2, rows, d2_rows):
+        assert len(a) > 0 and torch.equal(ra, rb)
+        assert torch.equal(a.pred_classes, b.pred_classes) and torch.equal(a.scores, b.scores)
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+
+
+@pytest.mark.parametrize("width, shift", EDGE_PAIRS)
+def test_box_head_filtering_commutes_at_the_rounding_edge(width, shift):
+    """The box-head version of the dense rounding-edge test: the edge pair as class 79,
+    a low-score class-0 box far away, every class of every box a candidate at the floor
+    (Detectron2's batched_nms kept a different number of the pair on each of these four
+    pairs with torchvision 0.29: its class offsets grew with the far box)."""
+    pred = _predictor(80)
+    boxes = torch.cat([_edge_pair(width, shift), torch.tensor([[1000.0, 1200, 1300, 1330]])])
+    scores = torch.full((3, 81), 1e-9)
+    scores[:, 80] = 0.1
+    scores[0, 79], scores[1, 79], scores[2, 0] = 0.5, 0.3, 0.01
+
+    def detect(thresh):
+        pred.test_score_thresh = thresh  # as score_floor sets it: (K,) per class
+        return pred.detect([boxes.repeat(1, 80)], [scores], [(1333, 1333)])[0][0]
+
+    raw, direct = detect(torch.zeros(80)), detect(torch.full((80,), 0.05))
+    assert len(raw) == 100 and (direct.pred_classes == 79).all() and 1 <= len(direct) <= 2
+    kept = filter_by_score(raw, torch.full((80,), 0.05))
+    assert torch.equal(kept.pred_boxes.tensor, direct.pred_boxes.tensor)
+    assert torch.equal(kept.scores, direct.scores)

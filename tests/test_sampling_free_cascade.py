@@ -17,7 +17,11 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads import FastRCNNOutputLayers, MaskRCNNConvUpsampleHead
+from detectron2.modeling.roi_heads import (
+    CascadeROIHeads,
+    FastRCNNOutputLayers,
+    MaskRCNNConvUpsampleHead,
+)
 from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
@@ -271,6 +275,24 @@ def test_last_stage_threshold_and_one_pass_floor(sf_cascade):
                 assert torch.equal(d.pred_classes, kept.pred_classes)
                 assert torch.equal(d.scores, kept.scores)
                 assert torch.equal(d.pred_boxes.tensor, kept.pred_boxes.tensor)
+
+
+def test_inference_is_detectron2_s_cascade_inference(sf_cascade):
+    """Away from the NMS threshold's rounding edge, the exact NMS of the last predictor
+    gives Detectron2's CascadeROIHeads detections (the same module's own method)."""
+    _, model, _ = sf_cascade
+    inputs = [dict(image=x["image"], height=160, width=160) for x in _train_inputs(2)]
+    model = _eval_ready(model, inputs)
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features)
+        ours = model.roi_heads._forward_box(features, proposals)
+        d2 = CascadeROIHeads._forward_box(model.roi_heads, features, proposals)
+    assert sum(len(d) for d in d2) > 20
+    for a, b in zip(ours, d2):
+        assert torch.equal(a.pred_classes, b.pred_classes) and torch.equal(a.scores, b.scores)
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
 
 
 def test_empty_images_and_all_empty_batch_train(sf_cascade):

@@ -93,10 +93,12 @@ def score_floor(model: nn.Module, thresholds: torch.Tensor):
     filtered at t (:func:`~scratchdet.evaluation.filter_by_score`) when t is one value for
     all classes or when ``thresholds`` equals t. For other per-class t they can differ,
     and only where a top-k or per-image cap is reached. Exact for the Sampling-Free
-    RetinaNet and FCOS, whose NMS works on each class's own coordinates. Detectron2's box-head
-    inference uses torchvision's ``batched_nms``, whose class-offset coordinates for small
-    inputs round an IoU within about 1e-4 of the NMS threshold differently for different
-    candidate sets, so there a detection can differ at that edge.
+    RetinaNet, FCOS and (Cascade) R-CNN box heads, whose NMS
+    (:func:`scratchdet.sampling_free.nms.per_class_nms`) shifts classes apart by offsets
+    fixed by the image size. Detectron2's own box-head inference uses torchvision's
+    ``batched_nms``, whose class-offset coordinates for small inputs round an IoU within
+    about 1e-4 of the NMS threshold differently for different candidate sets, so there a
+    detection can differ at that edge.
     """
     head = detection_head(model)
     k = num_score_classes(model)

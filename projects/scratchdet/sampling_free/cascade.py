@@ -29,7 +29,8 @@ class SamplingFreeCascadeROIHeads(CascadeROIHeads):
       logs ``loss_cls_stage{k}`` (= 2.0 x ``loss_box_reg_stage{k}``) and the unscaled
       cross-entropy as ``stage{k}/loss_cls_unscaled``.
     - Inference is Detectron2's: class scores averaged over the stages, boxes of the last
-      stage, filtered at the last stage's ``test_score_thresh`` (1e-4) and NMS; that
+      stage, filtered at the last stage's ``test_score_thresh`` (1e-4) and NMS, here the
+      exact NMS of that predictor's :meth:`~SamplingFreeFastRCNNOutputLayers.detect`; that
       predictor is :func:`scratchdet.evaluation.detection_head` of the model.
 
     Mask and keypoint heads, if any, are Detectron2's and train on the foreground of the
@@ -61,3 +62,23 @@ class SamplingFreeCascadeROIHeads(CascadeROIHeads):
 
     # stage 0: every labelled proposal, by the rule of the Sampling-Free box head
     _sample_proposals = SamplingFreeROIHeads._sample_proposals
+
+    def _forward_box(self, features, proposals, targets=None):
+        """Training: Detectron2's. Inference: Detectron2's stage loop and score average,
+        then the last predictor's :meth:`~SamplingFreeFastRCNNOutputLayers.detect` in
+        place of ``fast_rcnn_inference``. Returns list[Instances] at inference."""
+        if self.training:
+            return super()._forward_box(features, proposals, targets)
+        features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        scores_per_stage, boxes = [], None
+        for k in range(self.num_cascade_stages):
+            if k > 0:
+                proposals = self._create_proposals_from_boxes(boxes, image_sizes)
+            predictions = self._run_stage(features, proposals, k)
+            boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            scores_per_stage.append(self.box_predictor[k].predict_probs(predictions, proposals))
+        # (Ri, K + 1) per image, averaged over the stages in Detectron2's order of operations
+        scores = [sum(list(per_image)) * (1.0 / self.num_cascade_stages)
+                  for per_image in zip(*scores_per_stage)]
+        return self.box_predictor[-1].detect(boxes, scores, image_sizes)[0]

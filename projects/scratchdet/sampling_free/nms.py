@@ -1,11 +1,13 @@
 """Per-class NMS through torchvision's public ``nms`` on boxes shifted by class offsets fixed
-by the image size."""
+by the image size, and Detectron2's single-image box-head inference with it."""
 from typing import Tuple, Union
 
 import torch
 from torchvision.ops import nms
 
-__all__ = ["per_class_nms"]
+from detectron2.structures import Boxes, Instances
+
+__all__ = ["per_class_nms", "fast_rcnn_inference_exact"]
 
 Size = Tuple[Union[int, torch.Tensor], Union[int, torch.Tensor]]
 
@@ -96,3 +98,50 @@ def _nms_class_by_class(shifted: torch.Tensor, rank: torch.Tensor, classes: torc
     kept = [idx[nms(shifted[idx], rank[idx], iou_threshold)]
             for idx in by_class.split(counts.tolist())]
     return torch.cat(kept).sort()[0]
+
+def fast_rcnn_inference_exact(boxes: torch.Tensor, scores: torch.Tensor, image_shape: Size,
+                              score_thresh, nms_thresh: float,
+                              topk_per_image: int) -> Tuple[Instances, torch.Tensor]:
+    """
+    Detectron2's ``fast_rcnn_inference_single_image`` with :func:`per_class_nms` in place
+    of ``batched_nms``; everything else is the same: non-finite rows dropped, background
+    column dropped, boxes clipped to the image, scores above ``score_thresh`` (a float,
+    or a (K,) tensor of per-class thresholds) kept, NMS, the ``topk_per_image`` highest.
+
+    Args:
+        boxes: (R, K * 4) class-specific or (R, 4) class-agnostic XYXY boxes.
+        scores: (R, K + 1) class probabilities, background last.
+        image_shape: (H, W) ints or 0-dim tensors.
+    Returns:
+        Instances (pred_boxes, scores, pred_classes) and the (k,) indices of their rows
+        in ``boxes``, as Detectron2's.
+    """
+    valid_mask = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    if not valid_mask.all():
+        boxes = boxes[valid_mask]
+        scores = scores[valid_mask]
+    scores = scores[:, :-1]
+    num_bbox_reg_classes = boxes.shape[1] // 4
+    boxes = Boxes(boxes.reshape(-1, 4))
+    boxes.clip(image_shape)
+    boxes = boxes.tensor.view(-1, num_bbox_reg_classes, 4)  # (R, C, 4)
+
+    filter_mask = scores > score_thresh  # (R, K)
+    filter_inds = filter_mask.nonzero()  # (R', 2): row, class
+    if num_bbox_reg_classes == 1:
+        boxes = boxes[filter_inds[:, 0], 0]
+    else:
+        boxes = boxes[filter_mask]
+    scores = scores[filter_mask]
+
+    keep = per_class_nms(boxes, scores, filter_inds[:, 1], nms_thresh, image_shape)
+    if topk_per_image >= 0:
+        keep = keep[:topk_per_image]
+    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
+
+    result = Instances(image_shape)
+    result.pred_boxes = Boxes(boxes)
+    result.scores = scores
+    result.pred_classes = filter_inds[:, 1]
+    return result, filter_inds[:, 0]
+

@@ -9,6 +9,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.utils.events import get_event_storage
 
 from .guided_loss import GuidedLossScaler
+from .nms import fast_rcnn_inference_exact
 from .prior_state import PriorState, fill_bias
 
 __all__ = ["SamplingFreeRPN", "SamplingFreeROIHeads", "SamplingFreeFastRCNNOutputLayers"]
@@ -69,6 +70,9 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
     of by all proposals, so its magnitude matches the sampled baseline's (our choice; the
     paper does not state it). Test score threshold 1e-4 by default. The unscaled
     cross-entropy is logged as ``loss_cls_unscaled`` (``stage{k}/...`` in a cascade).
+    Inference is Detectron2's with :func:`~scratchdet.sampling_free.nms.per_class_nms` in
+    place of ``batched_nms`` (:meth:`detect`), so one pass at a score floor, filtered, is
+    exactly the pass at a higher threshold.
     """
 
     @configurable
@@ -95,6 +99,29 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         get_event_storage().put_scalar("loss_cls_unscaled", float(losses["loss_cls"].detach()))
         losses["loss_cls"] = self.guided_loss(losses["loss_cls"], losses["loss_box_reg"])
         return losses
+
+    def inference(self, predictions, proposals):
+        """Detectron2's :meth:`FastRCNNOutputLayers.inference` through :meth:`detect`."""
+        boxes = self.predict_boxes(predictions, proposals)
+        scores = self.predict_probs(predictions, proposals)
+        return self.detect(boxes, scores, [x.image_size for x in proposals])
+
+    def detect(self, boxes, scores, image_sizes):
+        """
+        Detectron2's ``fast_rcnn_inference`` at this predictor's ``test_score_thresh``
+        (a float or (K,) per-class tensor), ``test_nms_thresh`` and
+        ``test_topk_per_image``, with the exact NMS (:func:`fast_rcnn_inference_exact`).
+
+        Args:
+            boxes: per image (Ri, K * 4) or (Ri, 4); scores: per image (Ri, K + 1);
+            image_sizes: per image (H, W).
+        Returns:
+            list[Instances] and, per image, the (ki,) indices of the kept rows.
+        """
+        out = [fast_rcnn_inference_exact(b, s, size, self.test_score_thresh,
+                                         self.test_nms_thresh, self.test_topk_per_image)
+               for b, s, size in zip(boxes, scores, image_sizes)]
+        return [o[0] for o in out], [o[1] for o in out]
 
 
 @ROI_HEADS_REGISTRY.register()
