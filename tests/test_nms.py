@@ -47,13 +47,14 @@ def _random(n, num_classes, size, seed):
     return boxes, scores, torch.randint(0, num_classes, (n,), generator=g)
 
 
-def _reference(boxes, scores, classes, thr, size):
-    """Greedy NMS class by class on each class's own clipped float64 coordinates: kept
+def _reference(boxes, scores, classes, thr, size, clip=True):
+    """Greedy NMS class by class on each class's own (clipped) float64 coordinates: kept
     indices by decreasing score, ties by index."""
     h, w = size
     clipped = boxes.double().clone()
-    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, w)
-    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, h)
+    if clip:
+        clipped[:, 0::2] = clipped[:, 0::2].clamp(0, w)
+        clipped[:, 1::2] = clipped[:, 1::2].clamp(0, h)
     order = scores.sort(descending=True, stable=True)[1]
     keep = torch.zeros(len(boxes), dtype=torch.bool)
     for c in classes.unique():
@@ -165,6 +166,23 @@ def test_traced_nms_equals_eager_on_other_inputs():
         eager = per_class_nms(b, s, c, 0.55, size)
         assert torch.equal(traced(b, s, c, torch.tensor(size)), eager)
         assert torch.equal(eager, _reference(b, s, c, 0.55, size))
+
+
+def test_unclipped_nms_is_greedy_nms_on_the_boxes_traced_or_not():
+    """clip=False (ScratchDet300): greedy NMS per class on the unclipped boxes (far
+    outside the image too), equal scores ranked by index; a trace on one input gives the
+    eager result on others, where torchvision's batched_nms changes path under tracing."""
+    def run(boxes, scores, classes, size):
+        return per_class_nms(boxes, scores, classes, 0.45, (size[0], size[1]), clip=False)
+
+    b, s, c = _random(300, 20, (300, 300), seed=8)
+    traced = torch.jit.trace(run, (b, s, c, torch.tensor([300, 300])), check_trace=False)
+    for n, num_classes, size in [(2500, 80, (300, 300)), (60, 3, (300, 300)), (0, 1, (9, 9))]:
+        b, s, c = _random(n, num_classes, size, seed=n)
+        b = b * 40 - 6000  # coordinates of an untrained SSD head: thousands of px outside
+        eager = run(b, s, c, size)
+        assert torch.equal(eager, _reference(b, s, c, 0.45, size, clip=False))
+        assert torch.equal(traced(b, s, c, torch.tensor(size)), eager)
 
 
 def _box_head_inputs(r, k, seed, agnostic=False):

@@ -27,6 +27,7 @@ from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
+from ..sampling_free.nms import per_class_nms
 from .multibox import SSDMatcher, multibox_loss, stack_targets
 
 __all__ = ["SSDHead", "SSDAnchorGenerator", "ScratchDetSSD", "ssd_num_anchors", "SSD_LOSSES"]
@@ -159,7 +160,9 @@ class ScratchDetSSD(RetinaNet):
     inference softmax scores (background dropped), then RetinaNet's decoding: per class
     score threshold ``test_score_thresh``, at most ``test_topk_candidates`` per level,
     per-class NMS at ``test_nms_thresh`` and ``max_detections_per_image`` (SSD300: 0.01,
-    0.45, 200). Focal: exactly :class:`RetinaNet`.
+    0.45, 200). Focal: :class:`RetinaNet`'s sigmoid scores and decoding. Both run the NMS
+    through :func:`per_class_nms` on the unclipped boxes (:meth:`inference_single_image`),
+    so that a trace keeps the eager detections.
 
     yacs keys: ``MODEL.BACKBONE.NAME`` (``build_root_resnet_ssd_backbone``),
     ``MODEL.ANCHOR_GENERATOR`` (``NAME: SSDAnchorGenerator``, ``SIZES`` as
@@ -257,3 +260,21 @@ class ScratchDetSSD(RetinaNet):
             results.append(self.inference_single_image(
                 anchors, scores, [x[i] for x in pred_deltas], image_size))
         return results
+
+    def inference_single_image(self, anchors, box_cls, box_delta, image_size):
+        """RetinaNet's single-image inference with :func:`per_class_nms` (``clip=False``:
+        Detectron2's IoUs on the unclipped boxes) in place of ``batched_nms``, which under
+        ``torch.jit.trace`` takes another path (one NMS on coordinate-shifted boxes instead
+        of a loop over classes) and orders equal scores differently: a trace then kept
+        other boxes than the eager model whenever scores tie (saturated softmax scores of
+        an early checkpoint). Here equal scores rank by candidate index in both.
+
+        anchors: levels of Boxes (HWA_l, 4); box_cls: levels of (HWA_l, K) scores;
+        box_delta: levels of (HWA_l, 4); image_size: (H, W). Returns Instances.
+        """
+        pred = self._decode_multi_level_predictions(
+            anchors, box_cls, box_delta, self.test_score_thresh, self.test_topk_candidates,
+            image_size)
+        keep = per_class_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes,
+                             self.test_nms_thresh, image_size, clip=False)
+        return pred[keep[: self.max_detections_per_image]]

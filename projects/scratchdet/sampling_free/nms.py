@@ -18,7 +18,7 @@ CPU_ONE_CALL_MAX_BOXES = 2000
 
 
 def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
-                  iou_threshold: float, image_size: Size) -> torch.Tensor:
+                  iou_threshold: float, image_size: Size, clip: bool = True) -> torch.Tensor:
     """
     Greedy NMS within each class, as one ``torchvision.ops.nms`` call on shifted boxes.
 
@@ -45,6 +45,15 @@ def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
     before NMS, so for such boxes the kept set can differ more. The boxes themselves are
     not changed: only the returned indices depend on the clipping.
 
+    With ``clip=False`` (ScratchDet300, whose Detectron2 RetinaNet inference does not
+    clip before NMS) the IoUs are those of the unclipped boxes: they are translated so
+    that the lowest coordinate (or 0) is at 0 and class c is shifted by c x (their span
+    + 1), which separates the classes as well; the shift then depends on all the
+    candidates, but in float64 the IoUs stay those of the unshifted boxes up to float64
+    rounding. The kept set is then that of Detectron2's ``batched_nms`` up to float32
+    rounding, and the order is the same whether traced or not (``batched_nms`` takes a
+    different path when traced, and orders equal scores arbitrarily).
+
     Args:
         boxes: (R, 4) XYXY in the image's coordinates (any float dtype).
         scores: (R,); classes: (R,) integer class index (>= 0) of each box.
@@ -52,13 +61,22 @@ def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
             IoU with it exceeds this.
         image_size: (H, W) as ints, or as 0-dim tensors (Detectron2's ``ImageList`` under
             ``torch.jit.trace``), which a trace then keeps as inputs.
+        clip: compute the IoUs on the boxes clipped to ``image_size`` (default) or on
+            the boxes as they are.
     Returns:
         (k,) int64 indices of the kept boxes, by decreasing score, ties by index.
     """
-    h, w = (_float64(s, boxes.device) for s in image_size)
-    limits = torch.stack([w, h, w, h])
-    clipped = boxes.to(torch.float64).clamp(min=0).minimum(limits)
-    offsets = classes.to(torch.float64) * (torch.maximum(h, w) + 1)
+    if clip:
+        h, w = (_float64(s, boxes.device) for s in image_size)
+        limits = torch.stack([w, h, w, h])
+        clipped = boxes.to(torch.float64).clamp(min=0).minimum(limits)
+        offsets = classes.to(torch.float64) * (torch.maximum(h, w) + 1)
+    else:
+        # the extremes with 0 among them: defined without boxes, traced without a branch
+        clipped = boxes.to(torch.float64)
+        coords = torch.cat([clipped.flatten(), clipped.new_zeros(1)])
+        clipped = clipped - coords.min()
+        offsets = classes.to(torch.float64) * (coords.max() - coords.min() + 1)
     # NMS sees strictly decreasing ranks in place of the scores: its own sort then
     # cannot order equal scores differently for different candidate sets, and it returns
     # the kept positions of `order` in increasing order
