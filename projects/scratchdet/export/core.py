@@ -1,0 +1,118 @@
+"""Export helpers shaped like Detectron2's ``tools/deploy/export_model.py``.
+
+Every function takes a model in eval mode and single-image inputs in Detectron2's format
+(``[{"image": (3, H, W) tensor}]``, the image already resized by the test mapper).
+"""
+import os
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from detectron2.export import TracingAdapter, dump_torchscript_IR, scripting_with_instances
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.structures import Boxes, Instances
+
+__all__ = ["SCRIPTING_FIELDS", "tracing_inference", "export_tracing", "load_traced",
+           "export_scripting", "export_onnx", "run_onnx"]
+
+# Instances fields a scripted model may produce (Detectron2's export_model.py's).
+SCRIPTING_FIELDS = {
+    "proposal_boxes": Boxes,
+    "objectness_logits": Tensor,
+    "pred_boxes": Boxes,
+    "scores": Tensor,
+    "pred_classes": Tensor,
+    "pred_masks": Tensor,
+}
+
+
+def tracing_inference(model) -> Optional[Callable]:
+    """The ``inference_func`` of ``TracingAdapter``: an R-CNN's ``inference`` without the
+    postprocessing (which keeps ROI masks, as Detectron2's export_model.py); None (the
+    model called directly, postprocessing included) for the dense detectors."""
+    if isinstance(model, GeneralizedRCNN):
+        def inference(model, inputs):
+            return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+        return inference
+    return None
+
+
+def _adapter(model, inputs: List[Dict]) -> TracingAdapter:
+    return TracingAdapter(model, inputs, tracing_inference(model))
+
+
+def export_tracing(model, inputs: List[Dict], output: Optional[str] = None):
+    """
+    ``torch.jit.trace`` of ``TracingAdapter(model, inputs)``: a function of the (3, H, W)
+    image tensor returning the flattened outputs (``adapter.outputs_schema`` rebuilds the
+    Instances). Saved as ``output/model.ts`` (with its IR dump) when ``output`` is given.
+
+    Returns (traced module, adapter).
+    """
+    adapter = _adapter(model, inputs)
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+    if output:
+        os.makedirs(output, exist_ok=True)
+        traced.save(os.path.join(output, "model.ts"))
+        dump_torchscript_IR(traced, output)
+    return traced, adapter
+
+
+def load_traced(path: str, model, inputs: List[Dict]):
+    """A saved trace and a function of one (3, H, W) image to its list of output dicts
+    (``[{"instances": Instances}]``), rebuilt with the adapter's output schema (the
+    schema is not saved: it is recomputed by tracing ``inputs`` through ``model``)."""
+    traced = torch.jit.load(path)
+    adapter = _adapter(model, inputs)
+    with torch.no_grad():
+        adapter(*adapter.flattened_inputs)  # sets outputs_schema
+
+    def run(image: Tensor):
+        with torch.no_grad():
+            return adapter.outputs_schema(traced(image))
+    return traced, run
+
+
+def export_scripting(model, output: Optional[str] = None):
+    """``scripting_with_instances(model, SCRIPTING_FIELDS)``; its ``inference(inputs,
+    do_postprocess=False)`` (R-CNNs) or ``forward(inputs)`` (dense detectors: the
+    un-postprocessed Instances when scripted) returns Instances in the input image's
+    coordinates. Saved as ``output/model.ts`` when ``output`` is given."""
+    scripted = scripting_with_instances(model, SCRIPTING_FIELDS)
+    if output:
+        os.makedirs(output, exist_ok=True)
+        scripted.save(os.path.join(output, "model.ts"))
+        dump_torchscript_IR(scripted, output)
+    return scripted
+
+
+def export_onnx(model, inputs: List[Dict], path: str, opset: int = 17):
+    """ONNX through tracing (``torch.onnx.export`` of the ``TracingAdapter``, TorchScript
+    exporter: ``dynamo=False``), with the image's height and width as dynamic axes.
+    Returns the adapter (its ``outputs_schema`` rebuilds the Instances)."""
+    adapter = _adapter(model, inputs)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(adapter, adapter.flattened_inputs, path, opset_version=opset,
+                          dynamo=False, input_names=["image"],
+                          dynamic_axes={"image": {1: "height", 2: "width"}})
+    return adapter
+
+
+def run_onnx(path: str, adapter: TracingAdapter, image: Tensor) -> List[Dict]:
+    """Run the ONNX model in ONNX Runtime (CPU) on a (3, H, W) image; the outputs rebuilt
+    into Detectron2's format with ``adapter.outputs_schema``."""
+    import onnxruntime
+
+    session = _onnx_session(path, onnxruntime)
+    outs = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    return adapter.outputs_schema([torch.from_numpy(o) for o in outs])
+
+
+def _onnx_session(path: str, onnxruntime):
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
