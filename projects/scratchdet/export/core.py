@@ -11,7 +11,9 @@ from torch import Tensor
 
 from detectron2.export import TracingAdapter, dump_torchscript_IR, scripting_with_instances
 from detectron2.modeling import GeneralizedRCNN
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
+
+from .scripting import scriptable_copy
 
 __all__ = ["SCRIPTING_FIELDS", "tracing_inference", "export_tracing", "load_traced",
            "export_scripting", "export_onnx", "run_onnx"]
@@ -79,8 +81,8 @@ def export_scripting(model, output: Optional[str] = None):
     """``scripting_with_instances(model, SCRIPTING_FIELDS)``; its ``inference(inputs,
     do_postprocess=False)`` (R-CNNs) or ``forward(inputs)`` (dense detectors: the
     un-postprocessed Instances when scripted) returns Instances in the input image's
-    coordinates. Saved as ``output/model.ts`` when ``output`` is given."""
-    scripted = scripting_with_instances(model, SCRIPTING_FIELDS)
+    coordinates. Scripts a copy of the model (:func:`scriptable_copy`). Saved as ``output/model.ts`` when ``output`` is given."""
+    scripted = scripting_with_instances(scriptable_copy(model), SCRIPTING_FIELDS)
     if output:
         os.makedirs(output, exist_ok=True)
         scripted.save(os.path.join(output, "model.ts"))

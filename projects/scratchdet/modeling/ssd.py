@@ -8,7 +8,7 @@ without changes. :class:`ScratchDetSSD` is that meta-architecture with SSD's los
 and yacs configs (``MODEL.META_ARCHITECTURE: "ScratchDetSSD"``) build the same model.
 """
 import math
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from detectron2.modeling.anchor_generator import (
 )
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch import RetinaNet
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..sampling_free.nms import per_class_nms
@@ -98,8 +98,13 @@ class SSDHead(nn.Module):
             b.fill_(value)
 
     def forward(self, features: List[torch.Tensor]):
-        logits = [conv(f) for conv, f in zip(self.cls_convs, features)]
-        deltas = [conv(f) for conv, f in zip(self.box_convs, features)]
+        logits: List[torch.Tensor] = []
+        deltas: List[torch.Tensor] = []
+        # enumerate: TorchScript cannot zip a ModuleList with a list
+        for i, conv in enumerate(self.cls_convs):
+            logits.append(conv(features[i]))
+        for i, conv in enumerate(self.box_convs):
+            deltas.append(conv(features[i]))
         return logits, deltas
 
 
@@ -230,14 +235,11 @@ class ScratchDetSSD(RetinaNet):
             "neg_pos_ratio": ssd.NEG_POS_RATIO,
         }
 
-    def _predictions(self, predictions):
-        """Levels of (N, HWA, K + 1) logits and (N, HWA, 4) deltas (MultiBox)."""
-        return self._transpose_dense_predictions(predictions, [self.num_classes + 1, 4])
-
     def forward_training(self, images, features, predictions, gt_instances):
         if self.loss == "focal":
             return super().forward_training(images, features, predictions, gt_instances)
-        pred_logits, pred_deltas = self._predictions(predictions)
+        pred_logits, pred_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes + 1, 4])
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         gt_labels = torch.stack(gt_labels)
@@ -249,19 +251,27 @@ class ScratchDetSSD(RetinaNet):
                              gt_labels, gt_deltas, neg_pos_ratio=self.neg_pos_ratio,
                              smooth_l1_beta=self.smooth_l1_beta)
 
-    def forward_inference(self, images, features, predictions):
-        if self.loss == "focal":
-            return super().forward_inference(images, features, predictions)
-        pred_logits, pred_deltas = self._predictions(predictions)
+    def forward_inference(self, images: ImageList, features: List[torch.Tensor],
+                          predictions: List[List[torch.Tensor]]):
+        """RetinaNet's inference, scores by the loss: sigmoid (focal) or softmax with the
+        background dropped (MultiBox). Written out rather than through super(), which
+        TorchScript cannot call."""
+        num_scores = self.num_classes + (self.loss == "multibox")
+        pred_logits, pred_deltas = self._transpose_dense_predictions(predictions,
+                                                                     [num_scores, 4])
         anchors = self.anchor_generator(features)
-        results = []
+        results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
-            scores = [x[i].softmax(dim=-1)[:, : self.num_classes] for x in pred_logits]
+            if self.loss == "focal":
+                scores = [x[i].sigmoid() for x in pred_logits]
+            else:
+                scores = [x[i].softmax(dim=-1)[:, : self.num_classes] for x in pred_logits]
             results.append(self.inference_single_image(
                 anchors, scores, [x[i] for x in pred_deltas], image_size))
         return results
 
-    def inference_single_image(self, anchors, box_cls, box_delta, image_size):
+    def inference_single_image(self, anchors: List[Boxes], box_cls: List[torch.Tensor],
+                               box_delta: List[torch.Tensor], image_size: Tuple[int, int]):
         """RetinaNet's single-image inference with :func:`per_class_nms` (``clip=False``:
         Detectron2's IoUs on the unclipped boxes) in place of ``batched_nms``, which under
         ``torch.jit.trace`` takes another path (one NMS on coordinate-shifted boxes instead

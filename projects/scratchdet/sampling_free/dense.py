@@ -1,10 +1,11 @@
 """What the Sampling-Free dense detectors (RetinaNet, FCOS) share: prior state and bias,
 guided scaling, the process-independent loss normaliser, and inference at the adaptive
 thresholds with per-class NMS."""
-from typing import List
+from typing import List, Tuple
 
 import torch
 
+from detectron2.structures import Boxes
 from detectron2.utils import comm
 
 from .guided_loss import GuidedLossScaler
@@ -82,16 +83,21 @@ class SamplingFreeDenseMixin:
         return torch.full((self.num_classes,), float(self.test_score_thresh),
                           device=self.prior_state.score_thresholds.device)
 
-    def inference_single_image(self, anchors, box_cls, box_delta, image_size):
+    def inference_single_image(self, anchors: List[Boxes], box_cls: List[torch.Tensor],
+                               box_delta: List[torch.Tensor], image_size: Tuple[int, int]):
         """Detectron2's decoding with :meth:`score_thresholds` in place of
         ``test_score_thresh`` ((HWA, K) scores > (K,) thresholds: one per class), then
         :func:`per_class_nms` (its IoUs on the boxes clipped to ``image_size``; the
         returned boxes are not clipped, ``detector_postprocess`` clips them): a box's fate
         depends only on the higher-scored boxes of its class, so one pass at a score
         floor, filtered, is exactly the pass at a higher threshold (see ``score_floor``)."""
+        # the (K,) thresholds as scores set to 0 below them, then Detectron2's decoding at
+        # 0.0 (score > 0): the same candidates (thresholds are >= 0), and the float
+        # threshold Detectron2's decoding is typed with, which TorchScript needs
+        thresholds = self.score_thresholds()
+        box_cls = [torch.where(s > thresholds, s, torch.zeros_like(s)) for s in box_cls]
         pred = self._decode_multi_level_predictions(
-            anchors, box_cls, box_delta, self.score_thresholds(), self.test_topk_candidates,
-            image_size)
+            anchors, box_cls, box_delta, 0.0, self.test_topk_candidates, image_size)
         keep = per_class_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes,
                              self.test_nms_thresh, image_size)
         return pred[keep[: self.max_detections_per_image]]

@@ -10,6 +10,7 @@ so the logged value equals ``scale * L_reg`` and the gradient is the plain
 cross-entropy gradient times the (detached) ratio.
 """
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ __all__ = ["GuidedLossScaler", "guided_scale"]
 
 
 def guided_scale(loss_cls: torch.Tensor, loss_reg: torch.Tensor, scale: float = 1.0,
-                 fallback_ratio=None) -> torch.Tensor:
+                 fallback_ratio: Optional[float] = None) -> torch.Tensor:
     """
     Returns ``loss_cls * ratio`` with ``ratio = scale * loss_reg / loss_cls`` detached.
 
@@ -56,8 +57,9 @@ class GuidedLossScaler(nn.Module):
         self.register_buffer("ratio_ema", torch.tensor(-1.0, dtype=torch.float64))
 
     def forward(self, loss_cls: torch.Tensor, loss_reg: torch.Tensor) -> torch.Tensor:
-        ema = self.ratio_ema.item()
-        out = guided_scale(loss_cls, loss_reg, self.scale, fallback_ratio=ema if ema > 0 else None)
+        ema = float(self.ratio_ema.item())
+        fallback: Optional[float] = ema if ema > 0 else None
+        out = guided_scale(loss_cls, loss_reg, self.scale, fallback_ratio=fallback)
         c, r = loss_cls.detach(), loss_reg.detach()
         if self.training and torch.isfinite(c) and torch.isfinite(r) and c > 0 and r > 0:
             ratio = float(self.scale * r / c)

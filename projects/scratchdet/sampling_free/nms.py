@@ -9,7 +9,8 @@ from detectron2.structures import Boxes, Instances
 
 __all__ = ["per_class_nms", "fast_rcnn_inference_exact"]
 
-Size = Tuple[Union[int, torch.Tensor], Union[int, torch.Tensor]]
+# (H, W): ints, or 0-dim tensors under torch.jit.trace (the annotation is the scripted type)
+Size = Tuple[int, int]
 
 # Above this many boxes on CPU (and not tracing), per_class_nms runs torchvision's nms
 # class by class, on the same shifted boxes: the CPU kernel's cost grows with the number
@@ -67,7 +68,7 @@ def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
         (k,) int64 indices of the kept boxes, by decreasing score, ties by index.
     """
     if clip:
-        h, w = (_float64(s, boxes.device) for s in image_size)
+        h, w = _float64(image_size[0], boxes.device), _float64(image_size[1], boxes.device)
         limits = torch.stack([w, h, w, h])
         clipped = boxes.to(torch.float64).clamp(min=0).minimum(limits)
         offsets = classes.to(torch.float64) * (torch.maximum(h, w) + 1)
@@ -83,10 +84,11 @@ def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
     order = scores.sort(descending=True, stable=True)[1]
     rank = -torch.ones_like(scores, dtype=torch.float64).cumsum(0)
     shifted = clipped[order] + offsets[order, None]
-    if (torch.jit.is_tracing() or boxes.device.type != "cpu"
-            or len(order) <= CPU_ONE_CALL_MAX_BOXES):
-        return order[nms(shifted, rank, iou_threshold)]
-    return order[_nms_class_by_class(shifted, rank, classes[order], iou_threshold)]
+    if not torch.jit.is_scripting():  # (a scripted model takes the one call)
+        if (not torch.jit.is_tracing() and boxes.device.type == "cpu"
+                and len(order) > CPU_ONE_CALL_MAX_BOXES):
+            return order[_nms_class_by_class(shifted, rank, classes[order], iou_threshold)]
+    return order[nms(shifted, rank, iou_threshold)]
 
 
 def _float64(length: Union[int, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -118,7 +120,7 @@ def _nms_class_by_class(shifted: torch.Tensor, rank: torch.Tensor, classes: torc
     return torch.cat(kept).sort()[0]
 
 def fast_rcnn_inference_exact(boxes: torch.Tensor, scores: torch.Tensor, image_shape: Size,
-                              score_thresh, nms_thresh: float,
+                              score_thresh: float, nms_thresh: float,
                               topk_per_image: int) -> Tuple[Instances, torch.Tensor]:
     """
     Detectron2's ``fast_rcnn_inference_single_image`` with :func:`per_class_nms` in place

@@ -44,6 +44,9 @@ class PriorState(nn.Module):
     it as missing and keeps the zeros).
     """
 
+    # a str property TorchScript cannot compile (bytes); not used at inference
+    __jit_unused_properties__ = ["fingerprint"]
+
     def __init__(self, head_classes: int, num_score_classes: int, rule: str = "global"):
         super().__init__()
         if rule not in THRESHOLD_RULES:
@@ -58,7 +61,7 @@ class PriorState(nn.Module):
 
     @property
     def is_set(self) -> bool:
-        return bool(self.prior.item() > 0)
+        return bool(self.prior > 0)
 
     @property
     def fingerprint(self) -> str:

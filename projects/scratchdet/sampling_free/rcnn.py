@@ -1,4 +1,6 @@
 """Sampling-Free Faster R-CNN parts: an RPN and ROI heads that use every anchor/proposal."""
+from typing import List, Tuple
+
 import torch
 
 from detectron2.config import configurable
@@ -6,6 +8,7 @@ from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
 from .guided_loss import GuidedLossScaler
@@ -100,13 +103,15 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         losses["loss_cls"] = self.guided_loss(losses["loss_cls"], losses["loss_box_reg"])
         return losses
 
-    def inference(self, predictions, proposals):
+    def inference(self, predictions: Tuple[torch.Tensor, torch.Tensor],
+                  proposals: List[Instances]):
         """Detectron2's :meth:`FastRCNNOutputLayers.inference` through :meth:`detect`."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
         return self.detect(boxes, scores, [x.image_size for x in proposals])
 
-    def detect(self, boxes, scores, image_sizes):
+    def detect(self, boxes: List[torch.Tensor], scores: List[torch.Tensor],
+               image_sizes: List[Tuple[int, int]]):
         """
         Detectron2's ``fast_rcnn_inference`` at this predictor's ``test_score_thresh``
         (a float or (K,) per-class tensor), ``test_nms_thresh`` and
@@ -118,10 +123,14 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         Returns:
             list[Instances] and, per image, the (ki,) indices of the kept rows.
         """
-        out = [fast_rcnn_inference_exact(b, s, size, self.test_score_thresh,
-                                         self.test_nms_thresh, self.test_topk_per_image)
-               for b, s, size in zip(boxes, scores, image_sizes)]
-        return [o[0] for o in out], [o[1] for o in out]
+        instances: List[Instances] = []
+        kept: List[torch.Tensor] = []
+        for b, s, size in zip(boxes, scores, image_sizes):
+            inst, rows = fast_rcnn_inference_exact(b, s, size, self.test_score_thresh,
+                                                   self.test_nms_thresh, self.test_topk_per_image)
+            instances.append(inst)
+            kept.append(rows)
+        return instances, kept
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -131,6 +140,11 @@ class SamplingFreeROIHeads(StandardROIHeads):
     appended as Detectron2 does) instead of 512 sampled at 1:3; the mask and keypoint
     heads are unchanged and train on the foreground proposals.
     """
+
+    # constants when scripting, as Detectron2's export patch declares them on
+    # StandardROIHeads (a subclass does not inherit that): the absent heads compile away
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
