@@ -94,7 +94,7 @@ def export_onnx(model, inputs: List[Dict], path: str, opset: int = 17):
     """ONNX through tracing (``torch.onnx.export`` of the ``TracingAdapter``, TorchScript
     exporter: ``dynamo=False``), with the image's height and width as dynamic axes.
     Returns the adapter (its ``outputs_schema`` rebuilds the Instances)."""
-    adapter = _adapter(model, inputs)
+    adapter = _adapter(model, inputs).eval()  # export restores this mode on the model
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(adapter, adapter.flattened_inputs, path, opset_version=opset,

@@ -81,7 +81,7 @@ def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
     # NMS sees strictly decreasing ranks in place of the scores: its own sort then
     # cannot order equal scores differently for different candidate sets, and it returns
     # the kept positions of `order` in increasing order
-    order = scores.sort(descending=True, stable=True)[1]
+    order = _descending_order(scores)
     rank = -torch.ones_like(scores, dtype=torch.float64).cumsum(0)
     shifted = clipped[order] + offsets[order, None]
     if not torch.jit.is_scripting():  # (a scripted model takes the one call)
@@ -89,6 +89,15 @@ def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
                 and len(order) > CPU_ONE_CALL_MAX_BOXES):
             return order[_nms_class_by_class(shifted, rank, classes[order], iou_threshold)]
     return order[nms(shifted, rank, iou_threshold)]
+
+
+def _descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """(R,) indices by decreasing score, equal scores by increasing index: a stable sort,
+    or in an ONNX export (which has no stable sort) a full TopK, which ONNX defines to
+    put the lower index first among equal values."""
+    if torch.onnx.is_in_onnx_export():
+        return scores.topk(scores.shape[0])[1]
+    return scores.sort(descending=True, stable=True)[1]
 
 
 def _float64(length: Union[int, torch.Tensor], device: torch.device) -> torch.Tensor:
