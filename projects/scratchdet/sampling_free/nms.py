@@ -95,8 +95,9 @@ def _descending_order(scores: torch.Tensor) -> torch.Tensor:
     """(R,) indices by decreasing score, equal scores by increasing index: a stable sort,
     or in an ONNX export (which has no stable sort) a full TopK, which ONNX defines to
     put the lower index first among equal values."""
-    if torch.onnx.is_in_onnx_export():
-        return scores.topk(scores.shape[0])[1]
+    if not torch.jit.is_scripting():  # (is_in_onnx_export does not script)
+        if torch.onnx.is_in_onnx_export():
+            return scores.topk(scores.shape[0])[1]
     return scores.sort(descending=True, stable=True)[1]
 
 
