@@ -20,7 +20,8 @@ from scratchdet.engine import load_config
 from scratchdet.engine.lazy_train import build_model
 from scratchdet.engine.yacs_train import load_yacs_config
 from scratchdet.export import (
-    export_onnx, export_scripting, export_tracing, load_traced, run_onnx, tracing_inference)
+    canonical_order, export_onnx, export_scripting, export_tracing, load_traced, run_onnx,
+    tracing_inference)
 from scratchdet.sampling_free.prior import PriorCounts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,18 +147,6 @@ def test_yacs_model_scripts_with_instances_and_gives_eager_detections(family, im
     assert_instances_allclose(eager, got)
 
 
-def tie_order(instances):
-    """Instances reordered by decreasing score, equal scores by their boxes: equal scores
-    (constant image regions give equal features) have no defined order in PyTorch's
-    topk, which ONNX Runtime's TopK orders by index. Rows are compared after it."""
-    boxes = instances.pred_boxes.tensor
-    # rounded: ONNX Runtime's scores and boxes differ from PyTorch's in the last bits
-    key = torch.stack([-instances.scores.double(), *boxes.double().unbind(1)], dim=1)
-    key = (key * torch.tensor([1e5, 1e1, 1e1, 1e1, 1e1], dtype=torch.float64)).round()
-    order = sorted(range(len(instances)), key=lambda i: tuple(key[i].tolist()))
-    return instances[torch.as_tensor(order, dtype=torch.long)]
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_onnx_through_tracing_runs_in_onnxruntime_with_eager_detections(
         family, images, tmp_path):
@@ -171,7 +160,7 @@ def test_onnx_through_tracing_runs_in_onnxruntime_with_eager_detections(
         got = run_onnx(str(tmp_path / "model.onnx"), adapter, image)[0]["instances"]
         assert len(eager) > 0
         eager_masks = eager.get("pred_masks") if eager.has("pred_masks") else None
-        assert_instances_allclose(tie_order(eager), tie_order(got), rtol=1e-4,
+        assert_instances_allclose(canonical_order(eager), canonical_order(got), rtol=1e-4,
                                   size_as_tensor=True)
         if eager_masks is not None:
             assert got.pred_masks.shape == eager_masks.shape

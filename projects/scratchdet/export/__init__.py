@@ -3,13 +3,15 @@
 ``scripting_with_instances``, ONNX through tracing. See ``tools/export_model.py``."""
 from .core import (
     SCRIPTING_FIELDS,
+    canonical_order,
     export_onnx,
     export_scripting,
     export_tracing,
     load_traced,
+    onnx_runner,
     run_onnx,
     tracing_inference,
 )
 
-__all__ = ["SCRIPTING_FIELDS", "export_onnx", "export_scripting", "export_tracing",
-           "load_traced", "run_onnx", "tracing_inference"]
+__all__ = ["SCRIPTING_FIELDS", "canonical_order", "export_onnx", "export_scripting",
+           "export_tracing", "load_traced", "onnx_runner", "run_onnx", "tracing_inference"]

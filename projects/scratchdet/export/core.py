@@ -11,12 +11,12 @@ from torch import Tensor
 
 from detectron2.export import TracingAdapter, dump_torchscript_IR, scripting_with_instances
 from detectron2.modeling import GeneralizedRCNN
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, Instances
 
 from .scripting import scriptable_copy
 
-__all__ = ["SCRIPTING_FIELDS", "tracing_inference", "export_tracing", "load_traced",
-           "export_scripting", "export_onnx", "run_onnx"]
+__all__ = ["SCRIPTING_FIELDS", "canonical_order", "tracing_inference", "export_tracing",
+           "load_traced", "export_scripting", "export_onnx", "onnx_runner", "run_onnx"]
 
 # Instances fields a scripted model may produce (Detectron2's export_model.py's).
 SCRIPTING_FIELDS = {
@@ -27,6 +27,18 @@ SCRIPTING_FIELDS = {
     "pred_classes": Tensor,
     "pred_masks": Tensor,
 }
+
+
+def canonical_order(instances: Instances) -> Instances:
+    """``instances`` reordered by decreasing score, equal scores by their boxes (both
+    rounded: ONNX Runtime's values differ from PyTorch's in the last bits). Equal scores
+    (constant image regions give equal features) have no defined order in PyTorch's
+    topk, which ONNX Runtime's TopK orders by index: detections compare row by row
+    after it."""
+    boxes = instances.pred_boxes.tensor.double()
+    key = torch.stack([-instances.scores.double() * 1e5, *(boxes * 10).unbind(1)], dim=1)
+    order = sorted(range(len(instances)), key=lambda i: tuple(key[i].round().tolist()))
+    return instances[torch.as_tensor(order, dtype=torch.long)]
 
 
 def tracing_inference(model) -> Optional[Callable]:
@@ -81,7 +93,8 @@ def export_scripting(model, output: Optional[str] = None):
     """``scripting_with_instances(model, SCRIPTING_FIELDS)``; its ``inference(inputs,
     do_postprocess=False)`` (R-CNNs) or ``forward(inputs)`` (dense detectors: the
     un-postprocessed Instances when scripted) returns Instances in the input image's
-    coordinates. Scripts a copy of the model (:func:`scriptable_copy`). Saved as ``output/model.ts`` when ``output`` is given."""
+    coordinates. Scripts a copy of the model (:func:`scriptable_copy`). Saved as
+    ``output/model.ts`` when ``output`` is given."""
     scripted = scripting_with_instances(scriptable_copy(model), SCRIPTING_FIELDS)
     if output:
         os.makedirs(output, exist_ok=True)
@@ -103,18 +116,24 @@ def export_onnx(model, inputs: List[Dict], path: str, opset: int = 17):
     return adapter
 
 
-def run_onnx(path: str, adapter: TracingAdapter, image: Tensor) -> List[Dict]:
-    """Run the ONNX model in ONNX Runtime (CPU) on a (3, H, W) image; the outputs rebuilt
-    into Detectron2's format with ``adapter.outputs_schema``."""
+def onnx_runner(path: str, adapter: TracingAdapter) -> Callable:
+    """A function running the ONNX model in ONNX Runtime (CPU, one session) on a (3, H, W)
+    image, its outputs rebuilt into Detectron2's format (``[{"instances": ...}]``) with
+    ``adapter.outputs_schema``."""
     import onnxruntime
 
-    session = _onnx_session(path, onnxruntime)
-    outs = session.run(None, {session.get_inputs()[0].name: image.numpy()})
-    return adapter.outputs_schema([torch.from_numpy(o) for o in outs])
-
-
-def _onnx_session(path: str, onnxruntime):
     opts = onnxruntime.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(image: Tensor) -> List[Dict]:
+        outs = session.run(None, {name: image.numpy()})
+        return adapter.outputs_schema([torch.from_numpy(o) for o in outs])
+    return run
+
+
+def run_onnx(path: str, adapter: TracingAdapter, image: Tensor) -> List[Dict]:
+    """:func:`onnx_runner` on one image."""
+    return onnx_runner(path, adapter)(image)
