@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectron2.config import instantiate
+from fvcore.nn import smooth_l1_loss
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
@@ -188,7 +189,15 @@ def _rpn_losses(rpn, anchors, gts, seed, factor=1.0):
     with EventStorage(0):
         labels, matched = rpn.label_and_sample_anchors(anchor_list, _instances(gts, factor))
         losses = rpn.losses(anchor_list, [logits], labels, [deltas], matched)
-    return losses, (logits, deltas), labels
+    return losses, (logits, deltas), labels, matched
+
+
+def _box_loss_per_fg_coordinate(transform, beta, weight, boxes, gt_boxes, pred, fg):
+    """The box loss as the paper's code normalises it: summed smooth L1 (L1 at beta 0)
+    of the foreground deltas over 4 x the foreground count."""
+    target = transform.get_deltas(boxes[fg], gt_boxes[fg])
+    loss = smooth_l1_loss(pred, target, beta, reduction="sum")
+    return weight * loss.item() / max(1, 4 * int(fg.sum()))
 
 
 @SETTINGS
@@ -196,8 +205,14 @@ def _rpn_losses(rpn, anchors, gts, seed, factor=1.0):
 def test_sampling_free_rpn_losses(rcnn, scene, factor):
     rpn, _ = rcnn
     anchors, gts, seed = scene
-    losses, params, labels = _rpn_losses(rpn, anchors, gts, seed)
+    losses, params, labels, matched = _rpn_losses(rpn, anchors, gts, seed)
     _check_guided(losses, "loss_rpn_cls", "loss_rpn_loc", rpn.guided_loss.scale, params)
+    # the box loss per foreground anchor coordinate, not per 256 x images
+    fg = torch.stack(labels) == 1
+    want = _box_loss_per_fg_coordinate(
+        rpn.box2box_transform, rpn.smooth_l1_beta, rpn.loss_weight["loss_rpn_loc"],
+        anchors.expand(len(gts), -1, -1), torch.stack(matched), params[1][fg], fg)
+    assert losses["loss_rpn_loc"].item() == pytest.approx(want, rel=1e-5, abs=1e-7)
     # no sampling: the labels are the matcher's, every non-ignored anchor is trained on
     for lab, (boxes, _) in zip(labels, gts):
         if len(boxes):
@@ -205,7 +220,7 @@ def test_sampling_free_rpn_losses(rcnn, scene, factor):
         else:
             want = torch.zeros(len(anchors))
         assert torch.equal(lab, want.to(lab.dtype))
-    again, _, labels2 = _rpn_losses(rpn, anchors, gts, seed, factor)
+    again, _, labels2, _ = _rpn_losses(rpn, anchors, gts, seed, factor)
     assert all(torch.equal(a, b) for a, b in zip(labels, labels2))
     for key in losses:
         assert again[key].item() == pytest.approx(losses[key].item(), rel=1e-5, abs=1e-7)
@@ -230,8 +245,7 @@ def _roi_losses(roi, anchors, gts, seed, factor=1.0):
     deltas = torch.randn(r, 4 * k, generator=gen).requires_grad_()
     with EventStorage(0):
         losses = roi.box_predictor.losses((scores, deltas), proposals)
-    labels = [p.gt_classes for p in proposals]
-    return losses, (scores, deltas), labels
+    return losses, (scores, deltas), proposals
 
 
 @SETTINGS
@@ -239,12 +253,25 @@ def _roi_losses(roi, anchors, gts, seed, factor=1.0):
 def test_sampling_free_roi_box_losses(rcnn, scene, factor):
     _, roi = rcnn
     anchors, gts, seed = scene
-    losses, params, labels = _roi_losses(roi, anchors, gts, seed)
-    _check_guided(losses, "loss_cls", "loss_box_reg", roi.box_predictor.guided_loss.scale, params)
+    losses, params, proposals = _roi_losses(roi, anchors, gts, seed)
+    bp = roi.box_predictor
+    _check_guided(losses, "loss_cls", "loss_box_reg", bp.guided_loss.scale, params)
+    # the box loss per foreground proposal coordinate (the class's deltas), not per proposal
+    labels = [p.gt_classes for p in proposals]
+    gt = torch.cat(labels)
+    fg = (gt >= 0) & (gt < roi.num_classes)
+    pred = params[1].view(len(gt), roi.num_classes, 4)[fg.nonzero().squeeze(1), gt[fg]]
+    want = _box_loss_per_fg_coordinate(
+        bp.box2box_transform, bp.smooth_l1_beta, bp.loss_weight["loss_box_reg"],
+        torch.cat([p.proposal_boxes.tensor for p in proposals]),
+        torch.cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor
+                   for p in proposals]), pred, fg)
+    assert losses["loss_box_reg"].item() == pytest.approx(want, rel=1e-5, abs=1e-7)
     # every proposal and every gt box is trained on (none ignored at the ROI heads'
     # thresholds, so all of them)
     assert sum(len(x) for x in labels) == sum(len(anchors) + len(b) for b, _ in gts)
-    again, _, labels2 = _roi_losses(roi, anchors, gts, seed, factor)
+    again, _, proposals2 = _roi_losses(roi, anchors, gts, seed, factor)
+    labels2 = [p.gt_classes for p in proposals2]
     assert all(torch.equal(a, b) for a, b in zip(labels, labels2))
     for key in losses:
         assert again[key].item() == pytest.approx(losses[key].item(), rel=1e-5, abs=1e-7)

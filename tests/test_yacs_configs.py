@@ -239,7 +239,6 @@ def key_hyper_parameters(model):
             test_topk_per_image=bp.test_topk_per_image,
             box2box_weights=list(bp.box2box_transform.weights),
             roi_guided_loss_scale=_guided_scale(bp),
-            box_loss_normalizer=getattr(bp, "box_loss_normalizer", None),
         )
     return p
 

@@ -39,7 +39,6 @@ def sampling_free_rcnn(model):
     bp = model.roi_heads.box_predictor
     bp._target_ = SamplingFreeFastRCNNOutputLayers
     bp.guided_loss_scale = 2.0
-    bp.box_loss_normalizer = "${..batch_size_per_image}"
     bp.test_score_thresh = 1e-4
     return model
 
@@ -56,14 +55,13 @@ def sampling_free_fcos(model, threshold_rule="global"):
 def sampling_free_cascade_rcnn(model):
     """Detectron2's Cascade R-CNN model config (``common/models/cascade_rcnn.py``) in its
     Sampling-Free form: the RPN as in :func:`sampling_free_rcnn`, and every stage's box
-    predictor Sampling-Free (guided scale 2.0, box loss normalised by the ROI heads'
-    ``batch_size_per_image``, test score threshold 1e-4)."""
+    predictor Sampling-Free (guided scale 2.0, box loss per foreground coordinate,
+    test score threshold 1e-4)."""
     model.proposal_generator._target_ = SamplingFreeRPN
     model.proposal_generator.guided_loss_scale = 1.0
     model.roi_heads._target_ = SamplingFreeCascadeROIHeads
     for bp in model.roi_heads.box_predictors:
         bp._target_ = SamplingFreeFastRCNNOutputLayers
         bp.guided_loss_scale = 2.0
-        bp.box_loss_normalizer = "${...batch_size_per_image}"
         bp.test_score_thresh = 1e-4
     return model

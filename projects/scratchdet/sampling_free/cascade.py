@@ -25,7 +25,7 @@ class SamplingFreeCascadeROIHeads(CascadeROIHeads):
       stage 0 these are all proposals, not 512 per image.
     - Every stage's box predictor is a :class:`SamplingFreeFastRCNNOutputLayers`: softmax
       cross-entropy guided-scaled to ``guided_loss_scale`` (2.0) x that stage's box loss,
-      the box loss normalised by ``box_loss_normalizer`` proposals per image. Training
+      the box loss the mean over the foreground proposals' coordinates. Training
       logs ``loss_cls_stage{k}`` (= 2.0 x ``loss_box_reg_stage{k}``) and the unscaled
       cross-entropy as ``stage{k}/loss_cls_unscaled``.
     - Inference is Detectron2's: class scores averaged over the stages, boxes of the last

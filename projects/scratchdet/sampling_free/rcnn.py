@@ -24,6 +24,11 @@ class SamplingFreeRPN(RPN):
     Detectron2's :class:`RPN` without the 256-anchor subsampling: objectness BCE over
     every non-ignored anchor, guided-scaled to ``guided_loss_scale`` x the RPN box loss;
     the objectness bias comes from the RPN's foreground prior (C = 1).
+
+    The box loss is the mean over the coordinates of the foreground anchors (sum / (4 x
+    foreground anchors)), as in the paper's released code, not Detectron2's sum / (256 x
+    images): that normaliser is the sampled batch's size, and with few foreground anchors
+    it makes the box loss, and the objectness loss guided to it, train far too weakly.
     """
 
     @configurable
@@ -61,6 +66,9 @@ class SamplingFreeRPN(RPN):
             self.prior_state.require("SamplingFreeRPN")
         losses = super().losses(anchors, pred_objectness_logits, gt_labels,
                                 pred_anchor_deltas, gt_boxes)
+        num_fg = sum(int((g == 1).sum()) for g in gt_labels)
+        losses["loss_rpn_loc"] = losses["loss_rpn_loc"] * (
+            self.batch_size_per_image * len(gt_labels) / max(1, 4 * num_fg))
         losses["loss_rpn_cls"] = self.guided_loss(losses["loss_rpn_cls"], losses["loss_rpn_loc"])
         return losses
 
@@ -68,10 +76,11 @@ class SamplingFreeRPN(RPN):
 class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
     Box predictor trained on all proposals: softmax cross-entropy guided-scaled to
-    ``guided_loss_scale`` (2.0) x the box loss. The box loss is normalised by
-    ``box_loss_normalizer`` proposals per image (Detectron2's sampled batch, 512) instead
-    of by all proposals, so its magnitude matches the sampled baseline's (our choice; the
-    paper does not state it). Test score threshold 1e-4 by default. The unscaled
+    ``guided_loss_scale`` (2.0) x the box loss. The box loss is the mean over the
+    coordinates of the foreground proposals (sum / (4 x foreground proposals)), as in the
+    paper's released code, not Detectron2's sum / (all proposals): without sampling the
+    proposals are mostly background and that would shrink both losses. Test score
+    threshold 1e-4 by default. The unscaled
     cross-entropy is logged as ``loss_cls_unscaled`` (``stage{k}/...`` in a cascade).
     Inference is Detectron2's with :func:`~scratchdet.sampling_free.nms.per_class_nms` in
     place of ``batched_nms`` (:meth:`detect`), so one pass at a score floor, filtered, is
@@ -80,25 +89,24 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     @configurable
     def __init__(self, input_shape, *, guided_loss_scale: float = 2.0,
-                 box_loss_normalizer: int = 512, test_score_thresh: float = 1e-4, **kwargs):
+                 test_score_thresh: float = 1e-4, **kwargs):
         super().__init__(input_shape, test_score_thresh=test_score_thresh, **kwargs)
         self.guided_loss = GuidedLossScaler(guided_loss_scale)
-        self.box_loss_normalizer = int(box_loss_normalizer)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         sf = cfg.MODEL.SAMPLING_FREE
         ret.update(guided_loss_scale=sf.ROI_GUIDED_LOSS_SCALE,
-                   box_loss_normalizer=cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
                    test_score_thresh=sf.ROI_SCORE_THRESH_TEST)
         return ret
 
     def losses(self, predictions, proposals):
         losses = super().losses(predictions, proposals)
-        n = sum(len(p) for p in proposals)
-        ref = max(1, self.box_loss_normalizer * len(proposals))
-        losses["loss_box_reg"] = losses["loss_box_reg"] * (max(n, 1) / ref)
+        gt = torch.cat([p.gt_classes for p in proposals]) if proposals else torch.zeros(0)
+        num_fg = int(((gt >= 0) & (gt < self.num_classes)).sum())
+        # Detectron2 divides by max(all proposals, 1)
+        losses["loss_box_reg"] = losses["loss_box_reg"] * (max(len(gt), 1) / max(1, 4 * num_fg))
         get_event_storage().put_scalar("loss_cls_unscaled", float(losses["loss_cls"].detach()))
         losses["loss_cls"] = self.guided_loss(losses["loss_cls"], losses["loss_box_reg"])
         return losses
