@@ -10,13 +10,13 @@ Sampling-Free transform changes:
 - ``retinanet``: focal loss (alpha 0.25, gamma 2, bias from pi = 0.01, score 0.05) vs
   BCE over every anchor, guided scaling 1.0, prior bias, adaptive threshold, NMS 0.55;
 - ``faster_rcnn`` / ``cascade_rcnn``: Detectron2's sampled RPN (256 anchors at 1:1) and
-  ROI heads (512 proposals at 1:3, at every cascade stage) vs every anchor and every
-  proposal, guided scaling (RPN 1.0, box heads 2.0), the RPN's prior bias and the
-  box head's 1e-4 score threshold;
+  ROI heads (at 1:3, at every cascade stage; 32 of the 128 proposals per image, as
+  Detectron2's 512 of 2000) vs every anchor and every proposal, guided scaling (RPN 1.0,
+  box heads 2.0), the RPN's prior bias and the box head's 1e-4 score threshold;
 - ``fcos``: focal loss vs BCE over every location, guided scaling 1.0 (box GIoU loss),
   prior bias counted with FCOS's own assignment, adaptive threshold;
-- ``mask_rcnn``: as Faster R-CNN, with Detectron2's mask head on the foreground
-  proposals in both; mask AP (``segm``) is recorded beside the box AP.
+- ``mask_rcnn``: as Faster R-CNN (its config samples 128 of 200 proposals), with
+  Detectron2's mask head on the foreground proposals in both; mask AP (``segm``) is recorded beside the box AP.
 
 The configs are ``configs/shapes/<stock>.py`` and ``configs/shapes/sampling_free_<...>.py``
 (:data:`FAMILIES`). Recorded per run: box AP (and the fixed-0.05 AP of the Sampling-Free
@@ -60,15 +60,15 @@ FAMILIES: Dict[str, tuple] = {
     "retinanet": ("RetinaNet", C.FOCAL_DEMO, C.SF_DEMO, "focal loss"),
     "faster_rcnn": ("Faster R-CNN", _shapes("faster_rcnn_root_resnet18_fpn_demo"),
                     _shapes("sampling_free_faster_rcnn_root_resnet18_fpn_demo"),
-                    "sampled RPN 256 / ROI 512"),
+                    "sampled RPN 256 / ROI 32"),
     "cascade_rcnn": ("Cascade R-CNN", _shapes("cascade_rcnn_root_resnet18_fpn_demo"),
                      _shapes("sampling_free_cascade_rcnn_root_resnet18_fpn_demo"),
-                     "sampled RPN 256 / ROI 512 per stage"),
+                     "sampled RPN 256 / ROI 32 per stage"),
     "fcos": ("FCOS", _shapes("fcos_root_resnet18_fpn_demo"),
              _shapes("sampling_free_fcos_root_resnet18_fpn_demo"), "focal loss"),
     "mask_rcnn": ("Mask R-CNN", _shapes("mask_rcnn_root_resnet18_fpn_demo"),
                   _shapes("sampling_free_mask_rcnn_root_resnet18_fpn_demo"),
-                  "sampled RPN 256 / ROI 512"),
+                  "sampled RPN 256 / ROI 128"),
 }
 # COCO minival box AP (mask AP), R50-FPN 1x, stock -> Sampling-Free, as the paper's
 # released code reports them (../shared/docs/method.md); None where we have no figure

@@ -10,8 +10,8 @@ Detectron2's (``common/models/mask_rcnn_fpn.py`` / ``cascade_rcnn.py``), resized
   ratios; at most 1000 (500 in test) boxes per level before NMS and 128 after (for at
   most 6 objects; the ROI heads' cost, ROIAlign's backward above all, grows with it);
 - ROI heads: 32 proposals sampled per image at 1:3, a quarter of the 128 proposals as
-  Detectron2's 512 are a quarter of its 2000 (the Sampling-Free heads use all 128 and
-  normalise their box loss by 32 per image); box heads of two 256-wide FCs instead of
+  Detectron2's 512 are a quarter of its 2000 (the Sampling-Free heads use all 128);
+  box heads of two 256-wide FCs instead of
   1024; at most 50 detections per image, as the demo.
 """
 from detectron2.layers import ShapeSpec
