@@ -4,16 +4,20 @@
 
     python tools/export_model.py --config-file CONFIG --weights model_final.pth \\
         --format torchscript|onnx --export-method tracing|scripting --output DIR \\
-        [--sample-image IMG] [--run-eval] [KEY=VALUE | KEY VALUE ...]
+        [--fold-bn] [--sample-image IMG] [--run-eval] [KEY=VALUE | KEY VALUE ...]
 
 The config is a LazyConfig (``.py``) or its YAML twin; a checkpoint that does not fit its
 model is refused (``load_fitting_checkpoint``). The buffers the checkpoint carries (the
 Sampling-Free prior and its adaptive thresholds) are part of the exported model. Tracing
 uses one sample image (default: the first coco_mini val image) after the config's test
 resizing; ``--run-eval`` evaluates the exported model on the config's first test dataset
-with ``COCOEvaluator`` and prints its AP next to the eager model's.
+with ``COCOEvaluator`` and prints its AP next to the eager model's. ``--fold-bn`` exports
+a copy of the model with every BatchNorm folded into the convolution before it
+(``scratchdet.export.fold_batchnorm``; off by default, so that the exported model keeps the
+checkpoint's modules); the eager model it is compared with keeps its BatchNorms.
 """
 import argparse
+import copy
 import glob
 import os
 import sys
@@ -33,8 +37,8 @@ from detectron2.utils.testing import convert_scripted_instances  # noqa: E402
 from scratchdet.data import coco_mini_root  # noqa: E402
 from scratchdet.engine.predictor import build_predictor  # noqa: E402
 from scratchdet.export import (  # noqa: E402
-    canonical_order, export_onnx, export_scripting, export_tracing, onnx_runner,
-    tracing_inference)
+    batchnorm_modules, canonical_order, export_onnx, export_scripting, export_tracing,
+    fold_batchnorm, onnx_runner, tracing_inference)
 
 
 def default_sample_image() -> str:
@@ -129,6 +133,8 @@ def main(argv=None):
     p.add_argument("--weights", required=True)
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     p.add_argument("--export-method", choices=["tracing", "scripting"], default="tracing")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="export the model with its BatchNorms folded into the convolutions")
     p.add_argument("--sample-image", default=None)
     p.add_argument("--output", required=True)
     p.add_argument("--run-eval", action="store_true")
@@ -139,8 +145,12 @@ def main(argv=None):
     predictor = build_predictor(args.config_file, args.weights, args.opts, device="cpu")
     model = predictor.model.eval()
     inputs = sample_inputs(predictor, args.sample_image or default_sample_image())
+    exported = model
+    if args.fold_bn:
+        exported = fold_batchnorm(copy.deepcopy(model))
+        logger.info("BatchNorm folded; left unfolded: %s", batchnorm_modules(exported) or "none")
     with torch.no_grad():
-        run = export(args, model, inputs)
+        run = export(args, exported, inputs)
     logger.info("exported %s (%s) to %s", args.format, args.export_method, args.output)
     results = {"sample": compare_on_sample(model, run, inputs[0])}
     if not args.run_eval:
