@@ -242,6 +242,8 @@ def print_table(title: str, comparisons: List[Dict], file=None) -> str:
         seen.add((c["name"], c["a"], c["b"]))
         lines.append(f"  {c['name']}: A = {c['a']}")
         lines.append(f"  {' ' * len(c['name'])}  B = {c['b']}")
+        if c.get("check"):  # e.g. whether the variants' outputs agree
+            lines.append(f"  {' ' * len(c['name'])}  {c['check']}")
     text = "\n".join(lines)
     print(text, file=file or sys.stdout, flush=True)
     return text

@@ -1,9 +1,14 @@
 """Inference latency: DefaultPredictor, post-processing at the adaptive vs the fixed 0.05
-threshold, and Root-ResNet vs ResNet detectors.
+threshold, Root-ResNet vs ResNet detectors, and deployment (BatchNorm folded, TorchScript,
+ONNX Runtime) vs eager.
 
     python -m benchmarks.inference [--repeats 3] [--images 20] [--train-iters 160]
                                    [--weights CKPT.pth] [--device cpu|cuda]
+                                   [--sections predictor,postprocess,backbones,export]
                                    [--output FILE.json] [--quick]
+
+``--sections`` runs some of the four sections below (default: all); the brief training
+runs only for ``predictor`` and ``postprocess``.
 
 The model: configs/coco_mini/sampling_free_root_resnet18_fpn_coco_mini.py (narrow
 ScratchDet Root-ResNet-18-FPN, Sampling-Free RetinaNet, 80 classes, test short side 256).
@@ -39,6 +44,14 @@ Comparisons (A/B, alternating order over repeats):
   ``python -m benchmarks.train_step``'s pair of that name (focal RetinaNet-FPN, coco_mini
   widths, random weights, eval mode, the config's test resize), called on preprocessed
   images (network + post-processing; with random weights almost nothing passes 0.05).
+- section ``export`` (:mod:`benchmarks.export_latency`, always on the CPU):
+  ``<model>_<variant>_vs_eager`` for the demo detector (``demo``) and ScratchDet300 at the
+  demo's widths (``scratchdet300``), random weights and BatchNorm statistics, the
+  ``--images`` resized to 160 x 160: seconds per image of the model with its BatchNorms
+  folded (``folded``), traced TorchScript (``torchscript``) and ONNX Runtime
+  (``onnxruntime``, target 0.8) against the eager model, each comparison with a check
+  that the variant's detections equal eager's (``detections``, and a line under the
+  table).
 """
 import glob
 import os
@@ -55,6 +68,7 @@ NAME = "inference"
 LAZY = "coco_mini/sampling_free_root_resnet18_fpn_coco_mini.py"
 YAML = os.path.join(common.CONFIGS, "coco_mini", "sampling_free_root_resnet18_fpn_coco_mini.yaml")
 FIXED = 0.05
+SECTIONS = ("predictor", "postprocess", "backbones", "export")
 CHECK_EVERY = 20  # iterations between the checks of the brief training
 MIN_ITERS = 40  # the first check that may stop it
 
@@ -191,60 +205,16 @@ def candidates(cached, thresholds) -> int:
     return int(sum(int((s > thresholds.to(s.device)).sum()) for s in cached[1]))
 
 
-def main(argv=None):
-    p = common.make_parser(NAME, __doc__, default_repeats=3)
-    p.add_argument("--images", type=int, default=None, help="coco_mini val images "
-                   "(default 20; 2 with --quick)")
-    p.add_argument("--weights", default=None, help="checkpoint of the coco_mini Sampling-Free "
-                   "config to use instead of training one")
-    p.add_argument("--train-iters", type=int, default=None,
-                   help="most iterations of the brief training (default 160; 2 with --quick)")
-    p.add_argument("--spread-score", type=float, default=0.1,
-                   help="brief training: the median image's top score must reach this "
-                   "(default 0.1)")
-    p.add_argument("--max-candidates", type=int, default=500,
-                   help="brief training: ... and the median image may have at most this many "
-                   "scores above 0.05 (default 500; early training scores nearly every anchor "
-                   "high)")
-    p.add_argument("--save-weights", default=None, help="keep the trained checkpoint here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone-config",
-                   default="coco_mini/scratchdet_root_resnet18_fpn_coco_mini.py",
-                   help="config of the root_resnet34_vs_resnet34 pair (depth set to 34)")
-    args = common.finish_args(p.parse_args(argv))
-    common.quiet_logs()
-    if args.images is None:
-        args.images = 2 if args.quick else 20
-    if args.train_iters is None:
-        args.train_iters = 2 if args.quick else 160
+def predictor_comparisons(args, imgs, weights, sections) -> tuple:
+    """Sections ``predictor`` and ``postprocess``: the Sampling-Free coco_mini model of
+    ``weights`` at its adaptive threshold vs the fixed 0.05. Returns (comparisons, the
+    adaptive thresholds)."""
     import torch
-    from detectron2.config import instantiate
-    from detectron2.data import detection_utils as utils
 
     from scratchdet.engine.predictor import build_predictor
     from scratchdet.evaluation import inference_thresholds, score_floor
 
-    from .train_step import PAIRS
-
-    started = time.time()
-    env = common.environment(args.device)
-    print(f"inference on {env['device']['name']}: {args.images} images, {args.repeats} repeats",
-          flush=True)
-    tmp = tempfile.TemporaryDirectory(prefix="scratchdet_bench_")
-    files = val_images(args.images)
-    imgs = [utils.read_image(f, format="BGR") for f in files]
-    if args.weights:
-        weights = {"weights": os.path.abspath(args.weights), "trained_here": False}
-    else:
-        weights = train_briefly(args, tmp.name, imgs)
-        if args.save_weights:
-            dst = os.path.abspath(args.save_weights)
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.move(weights["weights"], dst)
-            weights["weights"] = dst
     comparisons = []
-
-    # 1. DefaultPredictor, adaptive vs fixed ------------------------------------------------
     pred = build_predictor(YAML, weights["weights"], device=args.device)
     model = pred.model
     k = model.num_classes
@@ -253,72 +223,83 @@ def main(argv=None):
     if not model.prior_state.is_set:
         raise SystemExit(f"{weights['weights']}: the checkpoint carries no prior, so there is "
                          "no adaptive threshold to compare")
-    for img in imgs[:2]:
-        pred(img)  # warm-up
-    a, b, raw_a, raw_b = [], [], [], []
-    dets = {"adaptive": [], "fixed": []}
-    for r in range(args.repeats):
-        for key in (("a", "b") if r % 2 == 0 else ("b", "a")):
-            common.collect()
-            times = []
-            if key == "a":
-                for img in imgs:
-                    times.append(common.timed(lambda: pred(img), args.device))
-                a.append(statistics.fmean(times))
-                raw_a.append(times)
-            else:
-                with score_floor(model, fixed):
-                    for img in imgs:
-                        times.append(common.timed(lambda: pred(img), args.device))
-                b.append(statistics.fmean(times))
-                raw_b.append(times)
-        print(f"  predictor repeat {r}: adaptive {a[-1] * 1000:.1f} ms, 0.05 "
-              f"{b[-1] * 1000:.1f} ms", flush=True)
-    for img in imgs:
-        dets["adaptive"].append(len(pred(img)["instances"]))
-        with score_floor(model, fixed):
-            dets["fixed"].append(len(pred(img)["instances"]))
     label_a = f"adaptive threshold ({float(adaptive.max()):.3g}, from the checkpoint's prior)"
     label_b = f"fixed threshold {FIXED}"
-    comparisons.append(common.comparison(
-        "predictor_adaptive_vs_fixed", "seconds_per_image", "s",
-        "DefaultPredictor (YAML twin), " + label_a, "DefaultPredictor (YAML twin), " + label_b,
-        a, b, raw={"a_seconds_per_image": raw_a, "b_seconds_per_image": raw_b,
-                   "detections_per_image": dets}))
+
+    # 1. DefaultPredictor, adaptive vs fixed ------------------------------------------------
+    if "predictor" in sections:
+        for img in imgs[:2]:
+            pred(img)  # warm-up
+        a, b, raw_a, raw_b = [], [], [], []
+        dets = {"adaptive": [], "fixed": []}
+        for r in range(args.repeats):
+            for key in (("a", "b") if r % 2 == 0 else ("b", "a")):
+                common.collect()
+                times = []
+                if key == "a":
+                    for img in imgs:
+                        times.append(common.timed(lambda: pred(img), args.device))
+                    a.append(statistics.fmean(times))
+                    raw_a.append(times)
+                else:
+                    with score_floor(model, fixed):
+                        for img in imgs:
+                            times.append(common.timed(lambda: pred(img), args.device))
+                    b.append(statistics.fmean(times))
+                    raw_b.append(times)
+            print(f"  predictor repeat {r}: adaptive {a[-1] * 1000:.1f} ms, 0.05 "
+                  f"{b[-1] * 1000:.1f} ms", flush=True)
+        for img in imgs:
+            dets["adaptive"].append(len(pred(img)["instances"]))
+            with score_floor(model, fixed):
+                dets["fixed"].append(len(pred(img)["instances"]))
+        comparisons.append(common.comparison(
+            "predictor_adaptive_vs_fixed", "seconds_per_image", "s",
+            "DefaultPredictor (YAML twin), " + label_a,
+            "DefaultPredictor (YAML twin), " + label_b,
+            a, b, raw={"a_seconds_per_image": raw_a, "b_seconds_per_image": raw_b,
+                       "detections_per_image": dets}))
 
     # 2. post-processing alone, adaptive vs fixed ------------------------------------------
-    cached = [head_outputs(model, pred.aug, img) for img in imgs]
-    cand = {"adaptive": [candidates(c, adaptive) for c in cached],
-            "fixed": [candidates(c, fixed) for c in cached]}
-    top_scores = [float(max(s.max() for s in c[1])) for c in cached]
+    if "postprocess" in sections:
+        cached = [head_outputs(model, pred.aug, img) for img in imgs]
+        cand = {"adaptive": [candidates(c, adaptive) for c in cached],
+                "fixed": [candidates(c, fixed) for c in cached]}
+        top_scores = [float(max(s.max() for s in c[1])) for c in cached]
 
-    def post_all():
-        with torch.no_grad():
-            for c in cached:
-                model.inference_single_image(*c)
+        def post_all():
+            with torch.no_grad():
+                for c in cached:
+                    model.inference_single_image(*c)
 
-    for _ in range(2):  # warm-up
-        post_all()
-    a, b = [], []
-    for r in range(args.repeats):
-        for key in (("a", "b") if r % 2 == 0 else ("b", "a")):
-            common.collect()
-            if key == "a":
-                a.append(common.timed(post_all, args.device) / len(cached))
-            else:
-                with score_floor(model, fixed):
-                    b.append(common.timed(post_all, args.device) / len(cached))
-    comparisons.append(common.comparison(
-        "postprocess_adaptive_vs_fixed", "seconds_per_image", "s",
-        "inference_single_image, " + label_a, "inference_single_image, " + label_b, a, b,
-        raw={"candidates_above_threshold": cand, "top_score_per_image": top_scores},
-        note="decode + threshold + top-k + NMS on cached head outputs"))
-    print(f"  post-processing: adaptive {statistics.median(a) * 1000:.2f} ms, 0.05 "
-          f"{statistics.median(b) * 1000:.2f} ms per image", flush=True)
-    pred = model = cached = None  # free the predictor before building the next models
-    common.collect()
+        for _ in range(2):  # warm-up
+            post_all()
+        a, b = [], []
+        for r in range(args.repeats):
+            for key in (("a", "b") if r % 2 == 0 else ("b", "a")):
+                common.collect()
+                if key == "a":
+                    a.append(common.timed(post_all, args.device) / len(cached))
+                else:
+                    with score_floor(model, fixed):
+                        b.append(common.timed(post_all, args.device) / len(cached))
+        comparisons.append(common.comparison(
+            "postprocess_adaptive_vs_fixed", "seconds_per_image", "s",
+            "inference_single_image, " + label_a, "inference_single_image, " + label_b, a, b,
+            raw={"candidates_above_threshold": cand, "top_score_per_image": top_scores},
+            note="decode + threshold + top-k + NMS on cached head outputs"))
+        print(f"  post-processing: adaptive {statistics.median(a) * 1000:.2f} ms, 0.05 "
+              f"{statistics.median(b) * 1000:.2f} ms per image", flush=True)
+    return comparisons, adaptive
 
-    # 3. Root-ResNet-34 vs ResNet-34 detectors ----------------------------------------------
+
+def backbone_comparison(args, imgs) -> Dict:
+    """Section ``backbones``: the Root-ResNet-34 vs ResNet-34 detectors."""
+    import torch
+    from detectron2.config import instantiate
+
+    from .train_step import PAIRS
+
     pair = PAIRS["root_resnet34_vs_resnet34"]
     nets, inputs = {}, None
     for key, variant in (("a", pair.a), ("b", pair.b)):
@@ -354,22 +335,90 @@ def main(argv=None):
             per[f"raw_{key}"].append(times)
         print(f"  backbones repeat {r}: Root-ResNet-34 {per['a'][-1] * 1000:.1f} ms, ResNet-34 "
               f"{per['b'][-1] * 1000:.1f} ms", flush=True)
-    comparisons.append(common.comparison(
+    return common.comparison(
         "root_resnet34_vs_resnet34", "seconds_per_image", "s", pair.a.label, pair.b.label,
         per["a"], per["b"], raw={"a_seconds_per_image": per["raw_a"],
                                  "b_seconds_per_image": per["raw_b"]},
-        note=pair.note))
+        note=pair.note)
 
-    settings = {"images": [os.path.basename(f) for f in files], "num_images": len(files),
+
+def main(argv=None):
+    p = common.make_parser(NAME, __doc__, default_repeats=3)
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated sections to run, of " + ", ".join(SECTIONS)
+                   + " (default: all; the first two share the briefly trained model)")
+    p.add_argument("--images", type=int, default=None, help="coco_mini val images "
+                   "(default 20; 2 with --quick)")
+    p.add_argument("--weights", default=None, help="checkpoint of the coco_mini Sampling-Free "
+                   "config to use instead of training one")
+    p.add_argument("--train-iters", type=int, default=None,
+                   help="most iterations of the brief training (default 160; 2 with --quick)")
+    p.add_argument("--spread-score", type=float, default=0.1,
+                   help="brief training: the median image's top score must reach this "
+                   "(default 0.1)")
+    p.add_argument("--max-candidates", type=int, default=500,
+                   help="brief training: ... and the median image may have at most this many "
+                   "scores above 0.05 (default 500; early training scores nearly every anchor "
+                   "high)")
+    p.add_argument("--save-weights", default=None, help="keep the trained checkpoint here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone-config",
+                   default="coco_mini/scratchdet_root_resnet18_fpn_coco_mini.py",
+                   help="config of the root_resnet34_vs_resnet34 pair (depth set to 34)")
+    p.add_argument("--export-candidates", type=int, default=500,
+                   help="section export: the random demo RetinaNet's score threshold lets "
+                   "this many (anchor, class) scores of the first image pass (default 500)")
+    args = common.finish_args(p.parse_args(argv))
+    common.quiet_logs()
+    sections = common.choose(args.sections, SECTIONS, "section")
+    if args.images is None:
+        args.images = 2 if args.quick else 20
+    if args.train_iters is None:
+        args.train_iters = 2 if args.quick else 160
+    from detectron2.data import detection_utils as utils
+
+    started = time.time()
+    env = common.environment(args.device)
+    print(f"inference on {env['device']['name']}: {args.images} images, {args.repeats} repeats, "
+          f"sections {', '.join(sections)}", flush=True)
+    tmp = tempfile.TemporaryDirectory(prefix="scratchdet_bench_")
+    files = val_images(args.images)
+    imgs = [utils.read_image(f, format="BGR") for f in files]
+    comparisons, weights, adaptive, export = [], None, None, None
+    if {"predictor", "postprocess"} & set(sections):
+        if args.weights:
+            weights = {"weights": os.path.abspath(args.weights), "trained_here": False}
+        else:
+            weights = train_briefly(args, tmp.name, imgs)
+            if args.save_weights:
+                dst = os.path.abspath(args.save_weights)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.move(weights["weights"], dst)
+                weights["weights"] = dst
+        comps, adaptive = predictor_comparisons(args, imgs, weights, sections)
+        comparisons += comps
+        common.collect()  # free the predictor before building the next models
+    if "backbones" in sections:
+        comparisons.append(backbone_comparison(args, imgs))
+    if "export" in sections:
+        from .export_latency import export_comparisons
+
+        comps, export = export_comparisons(args, imgs, tmp.name)
+        comparisons += comps
+
+    settings = {"sections": sections,
+                "images": [os.path.basename(f) for f in files], "num_images": len(files),
                 "config": "configs/" + LAZY, "yaml": os.path.relpath(YAML, common.REPO),
-                "fixed_threshold": FIXED, "adaptive_thresholds": sorted(set(adaptive.tolist())),
+                "fixed_threshold": FIXED,
+                "adaptive_thresholds": None if adaptive is None else sorted(set(adaptive.tolist())),
                 "train_iters_max": args.train_iters, "spread_score": args.spread_score,
                 "max_candidates": args.max_candidates,
                 "seed": args.seed,
-                "backbone_config": args.backbone_config, "weights": weights}
+                "backbone_config": args.backbone_config, "weights": weights, "export": export}
     tmp.cleanup()
     return common.finish(NAME, args, settings, comparisons, started, env,
                          "inference: seconds per image, A/B")
+
 
 if __name__ == "__main__":
     sys.exit(main())

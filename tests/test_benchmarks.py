@@ -19,17 +19,19 @@ EXPECTED = {
                    "root_resnet34_vs_resnet34"},
     "prior": {"retinanet_R50_FPN_coco", "coco_mini"},
     "inference": {"predictor_adaptive_vs_fixed", "postprocess_adaptive_vs_fixed",
-                  "root_resnet34_vs_resnet34"},
+                  "root_resnet34_vs_resnet34"} | {
+                      f"{m}_{v}_vs_eager" for m in ("demo", "scratchdet300")
+                      for v in ("folded", "torchscript", "onnxruntime")},
 }
 
 
-def _run(name, tmp_path):
+def _run(name, tmp_path, *extra):
     out = tmp_path / f"{name}.json"
     # the session's SCRATCHDET_CACHE (conftest) and everything else pass through; one
     # thread keeps the quick runs steady on a shared machine
     p = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--threads", "1",
-         "--output", str(out)],
+         "--output", str(out), *extra],
         cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     with open(out) as f:
@@ -86,3 +88,33 @@ def test_quick_benchmark_writes_a_complete_record(name, tmp_path):
     else:
         assert rec["settings"]["weights"]["trained_here"] is True
         assert rec["settings"]["adaptive_thresholds"]
+        _check_export_section(rec, stdout)
+
+
+def _check_export_section(rec, stdout):
+    """benchmarks.inference's export section: per model, every BatchNorm folded; per
+    variant, its detections equal eager's on every image (a check, not a timing)."""
+    export = rec["settings"]["export"]
+    assert set(export["models"]) == {"demo", "scratchdet300"}
+    for m in export["models"].values():
+        assert m["batchnorms_before_folding"] > 0 and m["batchnorms_left_after_folding"] == []
+        assert len(m["eager_detections_per_image"]) == rec["settings"]["num_images"]
+        assert all(n > 0 for n in m["eager_detections_per_image"])
+    comps = [c for c in rec["comparisons"] if c["name"].endswith("_vs_eager")]
+    assert len(comps) == 6
+    for c in comps:
+        assert c["target"] == (0.8 if "onnxruntime" in c["name"] else None)
+        d = c["detections"]
+        assert d["same_as_eager"] is True, (c["name"], c["raw"]["detections"])
+        assert d["images_same"] == d["images"] == rec["settings"]["num_images"]
+        assert len(c["raw"]["detections"]) == d["images"]
+        assert c["check"] in stdout
+
+
+def test_inference_export_section_runs_alone(tmp_path):
+    """``--sections export``: no brief training, only the deployment comparisons."""
+    rec, stdout = _run("inference", tmp_path, "--sections", "export")
+    assert rec["settings"]["sections"] == ["export"] and rec["settings"]["weights"] is None
+    assert {c["name"] for c in rec["comparisons"]} == {
+        n for n in EXPECTED["inference"] if n.endswith("_vs_eager")}
+    _check_export_section(rec, stdout)
