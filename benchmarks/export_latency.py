@@ -186,12 +186,11 @@ def export_comparisons(args, images, tmp: str):
                                  "candidates": args.export_candidates}
     for key, spec in MODELS.items():
         runs, info = build_variants(key, args, inputs[0], tmp)
-        checks = {k: [] for k in VARIANTS[1:]}
         with torch.no_grad():
             for _ in range(2):  # warm-up; the second run's detections are checked
                 outs = {k: [run(x) for x in inputs] for k, run in runs.items()}
-        for k in checks:
-            checks[k] = [compare_detections(e, g) for e, g in zip(outs["eager"], outs[k])]
+        checks = {k: [compare_detections(e, g) for e, g in zip(outs["eager"], outs[k])]
+                  for k in VARIANTS[1:]}
         info["eager_detections_per_image"] = [len(x) for x in outs["eager"]]
         settings["models"][key] = info
         t = time_variants(runs, inputs, args.repeats)
