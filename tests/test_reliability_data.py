@@ -188,8 +188,14 @@ def test_batches_without_any_box_train_every_head(head):
     box = [k for k in hist if k in ("loss_box_reg", "loss_rpn_loc")]
     assert box and all(max(hist[k]) == 0 for k in box), {k: hist[k] for k in box}
     assert all(min(hist[k]) >= 0 for k in cls) and min(hist["total_loss"]) > 0, hist
-    if prior_heads(model):  # guided scaling falls back to the running ratio: not 0
-        assert all(min(hist[k]) > 0 for k in cls), hist
+    if prior_heads(model):
+        # guided scaling falls back to the running ratio: not 0, unless the plain
+        # cross-entropy itself is 0 (a box classifier confident to float precision)
+        for k in cls:
+            plain = hist.get("loss_cls_unscaled") if k == "loss_cls" else None
+            for i, v in enumerate(hist[k]):
+                assert v > 0 or (plain is not None and plain[i] == 0), (k, i, hist)
+        assert max(max(hist[k]) for k in cls) > 0, hist
     assert moved > 0
 
 
