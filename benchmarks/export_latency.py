@@ -101,18 +101,14 @@ def threshold_for_candidates(model, image, k: int) -> float:
 def compare_detections(eager, got) -> Dict:
     """Counts, class equality and largest box / score differences of two Instances, each
     in ``canonical_order``; ``same``: equal within the tolerances above."""
-    import torch
+    from scratchdet.export import detection_differences
 
-    from scratchdet.export import canonical_order
-
-    eager, got = canonical_order(eager), canonical_order(got)
     out = {"eager": len(eager), "variant": len(got), "same_classes": None,
            "box_diff": None, "score_diff": None}
     if len(eager) == len(got) and len(eager):
-        out["same_classes"] = bool(torch.equal(eager.pred_classes, got.pred_classes))
-        out["box_diff"] = float((eager.pred_boxes.tensor - got.pred_boxes.tensor).abs().max())
-        out["score_diff"] = float((eager.scores - got.scores).abs().max())
-        limit = SCORE_RTOL * float(eager.scores.abs().max())
+        d = detection_differences(eager, got)
+        out.update({k: d[k] for k in ("same_classes", "box_diff", "score_diff")})
+        limit = SCORE_RTOL * float(d["eager"].scores.abs().max())
         out["same"] = (out["same_classes"] and out["box_diff"] <= BOX_ATOL
                        and out["score_diff"] <= limit)
     else:

@@ -37,7 +37,7 @@ from detectron2.utils.testing import convert_scripted_instances  # noqa: E402
 from scratchdet.data import coco_mini_root  # noqa: E402
 from scratchdet.engine.predictor import build_predictor  # noqa: E402
 from scratchdet.export import (  # noqa: E402
-    batchnorm_modules, canonical_order, export_onnx, export_scripting, export_tracing,
+    batchnorm_modules, detection_differences, export_onnx, export_scripting, export_tracing,
     fold_batchnorm, onnx_runner, tracing_inference)
 
 
@@ -86,13 +86,11 @@ def compare_on_sample(model, run, x):
     with torch.no_grad():
         eager = (inference(model, [x]) if inference else model([x]))[0]["instances"]
         got = run(x)[0]["instances"]
-    eager, got = canonical_order(eager), canonical_order(got)
-    n = min(len(eager), len(got))
-    box = (eager.pred_boxes.tensor[:n] - got.pred_boxes.tensor[:n]).abs().max() if n else 0.0
-    score = (eager.scores[:n] - got.scores[:n]).abs().max() if n else 0.0
-    print(f"sample image: eager {len(eager)} detections, exported {len(got)}; largest "
-          f"box difference {float(box):.3g} px, score difference {float(score):.3g}")
-    return eager, got
+    d = detection_differences(eager, got)
+    print(f"sample image: eager {len(d['eager'])} detections, exported {len(d['got'])}; "
+          f"largest box difference {d['box_diff']:.3g} px, score difference "
+          f"{d['score_diff']:.3g}")
+    return d["eager"], d["got"]
 
 
 class ExportedModel(torch.nn.Module):

@@ -5,6 +5,7 @@ convolutions before them (:func:`fold_batchnorm`). See ``tools/export_model.py``
 from .core import (
     SCRIPTING_FIELDS,
     canonical_order,
+    detection_differences,
     export_onnx,
     export_scripting,
     export_tracing,
@@ -16,5 +17,5 @@ from .core import (
 from .fold import CycleSequential, batchnorm_modules, fold_batchnorm, perturb_batchnorm
 
 __all__ = ["SCRIPTING_FIELDS", "CycleSequential", "batchnorm_modules", "canonical_order",
-           "export_onnx", "export_scripting", "export_tracing", "fold_batchnorm",
+           "detection_differences", "export_onnx", "export_scripting", "export_tracing", "fold_batchnorm",
            "load_traced", "onnx_runner", "perturb_batchnorm", "run_onnx", "tracing_inference"]

@@ -15,7 +15,7 @@ from detectron2.structures import Boxes, Instances
 
 from .scripting import scriptable_copy
 
-__all__ = ["SCRIPTING_FIELDS", "canonical_order", "tracing_inference", "export_tracing",
+__all__ = ["SCRIPTING_FIELDS", "canonical_order", "detection_differences", "tracing_inference", "export_tracing",
            "load_traced", "export_scripting", "export_onnx", "onnx_runner", "run_onnx"]
 
 # Instances fields a scripted model may produce (Detectron2's export_model.py's).
@@ -39,6 +39,22 @@ def canonical_order(instances: Instances) -> Instances:
     key = torch.stack([-instances.scores.double() * 1e5, *(boxes * 10).unbind(1)], dim=1)
     order = sorted(range(len(instances)), key=lambda i: tuple(key[i].round().tolist()))
     return instances[torch.as_tensor(order, dtype=torch.long)]
+
+
+def detection_differences(eager: Instances, got: Instances) -> Dict:
+    """Both Instances in :func:`canonical_order` (keys ``eager``, ``got``) and, over their
+    first min(len) rows, the largest box and score differences (0.0 without rows) and
+    whether the classes are equal (``box_diff``, ``score_diff``, ``same_classes``)."""
+    eager, got = canonical_order(eager), canonical_order(got)
+    n = min(len(eager), len(got))
+    out = {"eager": eager, "got": got, "box_diff": 0.0, "score_diff": 0.0,
+           "same_classes": True}
+    if n:
+        out["box_diff"] = float((eager.pred_boxes.tensor[:n]
+                                 - got.pred_boxes.tensor[:n]).abs().max())
+        out["score_diff"] = float((eager.scores[:n] - got.scores[:n]).abs().max())
+        out["same_classes"] = bool(torch.equal(eager.pred_classes[:n], got.pred_classes[:n]))
+    return out
 
 
 def tracing_inference(model) -> Optional[Callable]:
