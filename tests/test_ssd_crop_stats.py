@@ -23,11 +23,11 @@ the repository root with ``PYTHONPATH=projects`` by::
         json.dump(crop_stats(draw), f, indent=1)
         f.write("\\n")
 
-The aggregate statistics are compared within tolerances of about four standard errors of
-the difference of two independent 2000-draw samples, so an implementation that draws its
-random numbers in another order but from the same distributions still passes them; the
-per-seed crops of the first seeds are compared exactly, because the current
-implementation draws in the same order as the recorded one.
+The current implementation draws the mode first, as the recorded one did, so the modes of
+the first seeds are compared exactly; it then draws all its crop trials at once where the
+recorded one drew them one by one, so its crops differ seed by seed and the aggregate
+statistics are compared as distributions: within tolerances of three to four standard
+errors of the difference of two independent 2000-draw samples.
 """
 import json
 import os
@@ -117,15 +117,14 @@ def crop_stats(draw):
 def _draw_current(aug):
     def draw(seed, image, boxes):
         np.random.seed(seed)
-        mode = int(np.random.randint(len(MIN_IOUS) + 1))
-        np.random.seed(seed)
-        return mode, aug.get_transform(image, boxes)
+        tfm = aug.get_transform(image, boxes)
+        return (0 if aug.mode is None else 1 + MIN_IOUS.index(aug.mode)), tfm
     return draw
 
 
 # tolerance per statistic, and the fewest draws (or crops) of a mode for its means to count
 _TOLERANCE = {"mode_fraction": 0.05, "crop_fraction": 0.12, "w_ratio": 0.06,
-              "h_ratio": 0.06, "min_iou": 0.06, "kept": 0.4}
+              "h_ratio": 0.06, "min_iou": 0.06, "kept": 0.2}
 _MIN_COUNT = 100
 
 
@@ -140,7 +139,7 @@ def test_crop_statistics_match_the_recorded_implementation(stats):
     old, new = stats
     assert old["num_seeds"] == NUM_SEEDS and tuple(old["min_ious"]) == MIN_IOUS
     for s, (o, n) in enumerate(zip(old["scenes"], new["scenes"])):
-        assert n["first"] == o["first"], f"scene {s}: per-seed crops differ"
+        assert [f[0] for f in n["first"]] == [f[0] for f in o["first"]], f"scene {s}: modes"
         np.testing.assert_allclose(n["mode_fraction"], o["mode_fraction"],
                                    atol=_TOLERANCE["mode_fraction"], err_msg=f"scene {s}")
         for m in range(len(MIN_IOUS) + 1):
