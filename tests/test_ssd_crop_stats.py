@@ -3,8 +3,9 @@ boxes' consistency through Expand + crop, and its statistics against the fixture
 from the previous implementation.
 
 ``tests/fixtures/ssd_crop_stats.json`` holds :func:`crop_stats` of the implementation at
-commit 220a09a (its own ``MinIoURandomCrop(Augmentation)`` with a numpy IoU), written from
-the repository root with ``PYTHONPATH=projects`` by::
+commit 220a09a (its own ``MinIoURandomCrop(Augmentation)`` with a numpy IoU), written with
+this module's :data:`SCENES` and :func:`crop_stats` by this script, fed to
+``PYTHONPATH=projects python -`` in the repository root (so that ``tests`` imports)::
 
     import json
     import numpy as np

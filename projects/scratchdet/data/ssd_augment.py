@@ -218,8 +218,8 @@ class MinIoURandomCrop(T.MinIoURandomCrop):
     ``[ceil(min_crop_size * H), H]`` and a uniformly random position. The first of them
     whose ``h / w`` is in ``aspect_ratio_range``, whose IoU (:func:`pairwise_iou`) with
     *every* GT box is ``>= threshold`` and that contains the centre of at least one GT box
-    is returned as a :class:`CropTransform`: the distribution of drawing and testing them
-    one at a time, with one IoU call. Otherwise (whole-image mode, no boxes, or no crop
+    is returned as a :class:`CropTransform` (the distribution of drawing and testing them
+    one at a time, with one IoU call). Otherwise (whole-image mode, no boxes, or no crop
     found) a :class:`NoOpTransform` is returned.
 
     What differs from Detectron2's ``get_transform``, and why:
