@@ -162,26 +162,28 @@ def test_crop_statistics_match_the_recorded_implementation(stats):
 
 
 def test_every_crop_meets_its_sampled_threshold():
+    """Detectron2's own loop fails this: it checks a crop a pixel wider or taller than the
+    one it returns (two crops below their threshold on the two-box scene)."""
     aug = MinIoURandomCrop()
     draw = _draw_current(aug)
-    (h, w), boxes = SCENES[1]
-    image = np.zeros((h, w, 3), dtype=np.uint8)
-    boxes = np.asarray(boxes, dtype=np.float64)
     crops = 0
-    for seed in range(300):
-        mode, tfm = draw(seed, image, boxes)
-        if isinstance(tfm, NoOpTransform):
-            continue
-        crops += 1
-        assert mode > 0
-        crop = _crop_box(tfm)
-        assert crop[0] >= 0 and crop[1] >= 0 and crop[2] <= w and crop[3] <= h
-        assert tfm.w >= np.ceil(0.3 * w) and tfm.h >= np.ceil(0.3 * h)
-        assert 0.5 <= tfm.h / tfm.w <= 2.0
-        # every box, so in particular every kept one, overlaps the crop by the threshold
-        assert _ious(crop, boxes).min() >= MIN_IOUS[mode - 1], (seed, mode)
-        assert _centre_inside(boxes, crop).any()
-    assert crops >= 60
+    for (h, w), boxes in SCENES:
+        image = np.zeros((h, w, 3), dtype=np.uint8)
+        boxes = np.asarray(boxes, dtype=np.float64)
+        for seed in range(300):
+            mode, tfm = draw(seed, image, boxes)
+            if isinstance(tfm, NoOpTransform):
+                continue
+            crops += 1
+            assert mode > 0
+            crop = _crop_box(tfm)
+            assert crop[0] >= 0 and crop[1] >= 0 and crop[2] <= w and crop[3] <= h
+            assert tfm.w >= np.ceil(0.3 * w) and tfm.h >= np.ceil(0.3 * h)
+            assert 0.5 <= tfm.h / tfm.w <= 2.0
+            # every box, so in particular every kept one, overlaps the crop by the threshold
+            assert _ious(crop, boxes).min() >= MIN_IOUS[mode - 1], (h, w, seed, mode)
+            assert _centre_inside(boxes, crop).any()
+    assert crops >= 350, crops  # about 420 expected
 
 
 def test_boxes_follow_expand_and_crop():
