@@ -61,6 +61,25 @@ def test_shapes_boxes_are_tight_around_the_drawn_object(small_shapes):
     assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
 
 
+def test_shapes_objects_overlap_at_most_max_overlap_iou(small_shapes):
+    """Boxes are amodal, so each pair of boxes of an image keeps the IoU it had when the
+    later one was accepted: at most ShapesSpec.max_overlap_iou (0.2), and some pairs do
+    overlap."""
+    import torch
+    from torchvision.ops import box_convert, box_iou
+
+    per_image = {}
+    for a in json.load(open(small_shapes[1]))["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a["bbox"])
+    overlapping = 0
+    for boxes in per_image.values():
+        xyxy = box_convert(torch.tensor(boxes, dtype=torch.float64), "xywh", "xyxy")
+        iou = box_iou(xyxy, xyxy).fill_diagonal_(0.0)
+        assert iou.max() <= 0.2 + 1e-9, boxes
+        overlapping += int((iou > 0).sum()) // 2
+    assert overlapping >= 10
+
+
 def test_shapes_is_deterministic_and_registered(tmp_path):
     a = generate_shapes(ShapesSpec(num_images=5, seed=9), str(tmp_path / "a"))
     b = generate_shapes(ShapesSpec(num_images=5, seed=9), str(tmp_path / "b"))

@@ -1,22 +1,15 @@
-"""Tests for projects/scratchdet/data/ssd_augment.py (SSD300 data augmentation)."""
-import importlib.util
-import sys
-from pathlib import Path
-
+"""Tests for projects/scratchdet/data/ssd_augment.py (SSD300 data augmentation); the crop's
+statistics and invariants: test_ssd_crop_stats.py."""
 import numpy as np
 import pytest
-from fvcore.transforms.transform import CropTransform, NoOpTransform
+import torch
+from fvcore.transforms.transform import CropTransform, NoOpTransform, PadTransform
 from PIL import Image
+from torchvision.ops import box_iou
 
 from detectron2.data import transforms as T
 
-_REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "ssd_augment", _REPO / "projects" / "scratchdet" / "data" / "ssd_augment.py"
-)
-sa = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("ssd_augment", sa)
-_spec.loader.exec_module(sa)
+from scratchdet.data import ssd_augment as sa
 
 H, W = 200, 300
 # Non-overlapping boxes (XYXY, integer pixel edges) of various sizes/aspects.
@@ -134,12 +127,13 @@ def test_expand_geometry_and_fill():
         np.random.seed(seed)
         aug_input, tfm = run_augs([sa.Expand(max_ratio=4.0, prob=1.0)], img, sem_seg=seg)
         tfm = tfm.transforms[0]
-        assert isinstance(tfm, sa.ExpandTransform)
+        assert isinstance(tfm, PadTransform)
         out = aug_input.image
         oh, ow = out.shape[:2]
         assert H <= oh <= 4 * H and W <= ow <= 4 * W
         assert out.dtype == np.uint8
-        x, y = tfm.left, tfm.top
+        x, y = tfm.x0, tfm.y0
+        assert (tfm.x1, tfm.y1) == (ow - W - x, oh - H - y)
         np.testing.assert_array_equal(out[y : y + H, x : x + W], img)
         np.testing.assert_array_equal(aug_input.sem_seg[y : y + H, x : x + W], seg)
         outside = np.ones((oh, ow), dtype=bool)
@@ -149,7 +143,10 @@ def test_expand_geometry_and_fill():
             assert (aug_input.sem_seg[outside] == 0).all()
         np.testing.assert_allclose(aug_input.boxes, BOXES + [x, y, x, y])
         assert check_boxes_match_regions(aug_input.boxes, color_masks(out), (oh, ow), tol=0) == 5
-        # inverse maps back
+        # polygons move with the boxes; the inverse maps back
+        poly = np.array([10.0, 10.0, 80.0, 10.0, 45.0, 60.0])
+        np.testing.assert_allclose(tfm.apply_polygons([poly.reshape(-1, 2).copy()])[0].ravel(),
+                                   poly + [x, y] * 3)
         np.testing.assert_array_equal(tfm.inverse().apply_image(out), img)
 
 
@@ -157,25 +154,24 @@ def test_expand_prob0_noop_and_float_fill():
     img = np.zeros((10, 20, 3), dtype=np.float32)
     np.random.seed(0)
     assert isinstance(sa.Expand(prob=0.0).get_transform(img), NoOpTransform)
-    t = sa.ExpandTransform(2, 3, 30, 20, 20, 10, fill=(1.5, 2.5, 3.5))
+    t = sa.ChannelPadTransform(2, 3, 8, 7, orig_w=20, orig_h=10, pad_value=(1.5, 2.5, 3.5))
     out = t.apply_image(img)
     assert out.shape == (20, 30, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, 0], [1.5, 2.5, 3.5])
     np.testing.assert_allclose(out[3:13, 2:22], 0)
+    # a 2D image is padded with the mean of the per-channel values, rounded for integers
+    gray = t.apply_image(np.zeros((10, 20), dtype=np.uint8))
+    assert gray.shape == (20, 30) and gray[0, 0] == 2 and (gray[3:13, 2:22] == 0).all()
+    with pytest.raises(ValueError, match="ChannelPadTransform expects input of size"):
+        t.apply_image(np.zeros((11, 20, 3), dtype=np.float32))
 
 
 # --------------------------------------------------------------------------- #
 # MinIoURandomCrop
 # --------------------------------------------------------------------------- #
 def _iou(crop, boxes):
-    ix0 = np.maximum(crop[0], boxes[:, 0])
-    iy0 = np.maximum(crop[1], boxes[:, 1])
-    ix1 = np.minimum(crop[2], boxes[:, 2])
-    iy1 = np.minimum(crop[3], boxes[:, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    a = (crop[2] - crop[0]) * (crop[3] - crop[1])
-    b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (a + b - inter)
+    """(N,) IoU of each of ``boxes`` (N, 4) with ``crop`` (4,), XYXY."""
+    return box_iou(torch.as_tensor(crop[None]), torch.as_tensor(boxes))[0].numpy()
 
 
 @pytest.mark.parametrize("thr, max_trials", [(0.5, 50), (0.7, 50), (0.9, 300)])
@@ -251,6 +247,23 @@ def test_min_iou_crop_impossible_constraint_is_noop():
     for seed in range(10):
         np.random.seed(seed)
         assert isinstance(aug.get_transform(img, boxes), NoOpTransform)
+
+
+def test_min_iou_crop_is_detectron2s_and_takes_2d_images():
+    aug = sa.MinIoURandomCrop(min_ious=(0.0,), max_trials=7)
+    assert isinstance(aug, T.MinIoURandomCrop)
+    assert aug.sample_mode == (None, 0.0) and aug.crop_trials == aug.max_trials == 7
+    gray, boxes = np.zeros((H, W), dtype=np.uint8), np.array([[20, 10, 280, 190]], np.float32)
+    crops = 0
+    for seed in range(20):
+        np.random.seed(seed)
+        tfm = aug.get_transform(gray, boxes)
+        assert aug.mode == (None if isinstance(tfm, NoOpTransform) else 0.0)
+        if isinstance(tfm, CropTransform):
+            crops += 1
+            assert tfm.apply_image(gray).shape == (tfm.h, tfm.w)
+            assert tfm.inverse().apply_image(tfm.apply_image(gray)).shape == (H, W)
+    assert crops >= 5
 
 
 def test_boxes_with_center_inside():
@@ -369,7 +382,7 @@ def test_lazy_config_instantiate():
         (lambda: sa.ssd_train_augmentations(image_size=0), "image_size"),
         (lambda: sa.ssd_train_augmentations(image_format="HSV"), "image_format"),
         (lambda: sa.ssd_test_augmentations(image_size=(300,)), "image_size"),
-        (lambda: sa.ExpandTransform(5, 0, 10, 10, 10, 10), "ExpandTransform"),
+        (lambda: sa.ChannelPadTransform(5, 0, -5, 0, 10, 10), "ChannelPadTransform"),
     ],
 )
 def test_invalid_args_raise(factory, param):

@@ -1,9 +1,10 @@
 """SSD head and anchors (the MultiBox loss and the meta-architecture: test_multibox.py)."""
 import math
 
+import pytest
 import torch
 
-from detectron2.layers import ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 
 from scratchdet.modeling import SSDAnchorGenerator, SSDHead, ssd_num_anchors
 
@@ -41,3 +42,29 @@ def test_ssd_head_shapes_and_bias():
     b = -math.log(99.0)
     assert all(torch.allclose(p, torch.full_like(p, b)) for p in head.cls_bias_params())
     assert all(isinstance(m[-1], torch.nn.BatchNorm2d) for m in head.cls_convs)
+
+
+@pytest.mark.parametrize("norm, layer", [("BN", torch.nn.BatchNorm2d),
+                                         ("SyncBN", torch.nn.SyncBatchNorm),
+                                         ("FrozenBN", FrozenBatchNorm2d), ("", None)])
+def test_ssd_head_norm_is_detectron2s(norm, layer):
+    """Detectron2's get_norm names: a bias-free conv followed by the norm, whose bias is the
+    prediction's; "" gives plain convs with bias (SSD's head)."""
+    shapes = [ShapeSpec(channels=4), ShapeSpec(channels=8)]
+    head = SSDHead(input_shape=shapes, num_classes=3, num_anchors=[4, 6], norm=norm,
+                   loss="multibox")
+    for convs in (head.cls_convs, head.box_convs):
+        for m in convs:
+            if layer is None:
+                assert isinstance(m, torch.nn.Conv2d) and m.bias is not None
+            else:
+                assert isinstance(m[0], torch.nn.Conv2d) and m[0].bias is None
+                assert type(m[1]) is layer and m[1].num_features == m[0].out_channels
+    assert [p.shape[0] for p in head.cls_bias_params()] == [4 * 4, 6 * 4]
+    assert all((p == 0).all() for p in head.cls_bias_params())
+
+
+def test_ssd_head_bad_norm_names_the_key():
+    with pytest.raises(ValueError, match=r"norm='BatchNorm'.*MODEL\.SSD\.HEAD_NORM"):
+        SSDHead(input_shape=[ShapeSpec(channels=4)], num_classes=3, num_anchors=[4],
+                norm="BatchNorm")

@@ -38,6 +38,8 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -150,12 +152,12 @@ def _outline_polygon(mask: np.ndarray) -> np.ndarray:
     return pts[turn != 0]
 
 
-def _box_iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _overlaps_little(box, objects, max_iou: float) -> bool:
+    """Whether XYXY ``box`` overlaps each of the ``objects``' boxes by at most ``max_iou``."""
+    if not objects:
+        return True
+    others = torch.tensor([b for _, b, _ in objects], dtype=torch.float64)  # (M, 4)
+    return bool(box_iou(torch.tensor([box], dtype=torch.float64), others).max() <= max_iou)
 
 
 def _make_image(rng, spec: ShapesSpec):
@@ -171,7 +173,7 @@ def _make_image(rng, spec: ShapesSpec):
             if len(xs) == 0:
                 continue
             box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-            if all(_box_iou(box, b) <= spec.max_overlap_iou for _, b, _ in objects):
+            if _overlaps_little(box, objects, spec.max_overlap_iou):
                 shade = rng.normal(0, 6, (size, size, 1))  # a little texture on the object
                 img[mask] = (color + shade)[mask]
                 objects.append((cls_idx, box, _outline_polygon(mask)))

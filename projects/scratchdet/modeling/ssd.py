@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import (
     ANCHOR_GENERATOR_REGISTRY,
@@ -46,7 +46,9 @@ class SSDHead(nn.Module):
     """
     One 3x3 classification conv and one 3x3 box conv per level (not shared across levels,
     as in SSD), each without bias and followed by a BatchNorm, as in the published
-    ScratchDet head. The BatchNorm's bias is the prediction's bias.
+    ScratchDet head. The BatchNorm's bias is the prediction's bias. ``norm`` is any name
+    of Detectron2's :func:`get_norm` (``"BN"``, ``"SyncBN"``, ``"FrozenBN"``, ``"GN"``
+    ...; ``nn.Sequential(conv, norm)``), or ``""`` for plain convs with bias (SSD's).
 
     ``loss`` sets the scores per anchor: ``"multibox"``, ``num_classes + 1`` softmax
     logits (background last; biases start at 0, as in SSD); ``"focal"``, ``num_classes``
@@ -76,15 +78,20 @@ class SSDHead(nn.Module):
         self.num_classes = num_classes
         self.loss = loss
         self.num_scores = num_classes + (loss == "multibox")
-        use_bn = norm in ("BN", "SyncBN")
-        bn = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
         self.cls_convs = nn.ModuleList()
         self.box_convs = nn.ModuleList()
         for shape, a in zip(input_shape, num_anchors):
             for convs, out in ((self.cls_convs, a * self.num_scores), (self.box_convs, a * 4)):
-                conv = nn.Conv2d(shape.channels, out, 3, padding=1, bias=not use_bn)
+                try:
+                    norm_layer = get_norm(norm, out)
+                except KeyError:
+                    raise ValueError(
+                        f"SSDHead: norm={norm!r} (MODEL.SSD.HEAD_NORM, model.head.norm) is not "
+                        "a name of detectron2.layers.get_norm (BN, SyncBN, FrozenBN, GN, ...) "
+                        "nor '' (no norm)") from None
+                conv = nn.Conv2d(shape.channels, out, 3, padding=1, bias=norm_layer is None)
                 nn.init.normal_(conv.weight, std=0.01)
-                convs.append(nn.Sequential(conv, bn(out)) if use_bn else conv)
+                convs.append(conv if norm_layer is None else nn.Sequential(conv, norm_layer))
         focal_bias = -math.log((1 - prior_prob) / prior_prob)
         self.init_cls_bias(0.0 if loss == "multibox" else focal_bias)
 
