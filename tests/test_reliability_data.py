@@ -43,6 +43,7 @@ from scratchdet.sampling_free import (
 )
 from scratchdet.sampling_free import prior as prior_mod
 from scratchdet.sampling_free.prior import PriorCounts, load_or_count
+from scratchdet.sampling_free.prior import cache as prior_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(REPO, "configs")
@@ -597,7 +598,7 @@ def test_cache_lock_left_behind_or_held_too_long(tmp_path, monkeypatch, log):
     counts, hit = load_or_count("d", dicts, _counter(), [], 3, progress=False)
     assert not hit and os.path.isfile(path) and counts.fingerprint == fp
     os.unlink(path)
-    monkeypatch.setattr(prior_mod, "LOCK_TIMEOUT", 0.3)
+    monkeypatch.setattr(prior_cache, "LOCK_TIMEOUT", 0.3)
     fd = os.open(path + ".lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # held "by another process" (another open file)
     try:
