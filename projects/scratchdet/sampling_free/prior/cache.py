@@ -1,12 +1,15 @@
 """The prior cache: counts keyed by a fingerprint of everything they depend on, one
-process counting per fingerprint (a file lock), written atomically, and read back
+process counting per fingerprint (iopath's file lock), written atomically, and read back
 only when valid."""
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import time
 from typing import Dict, Optional, Sequence, Tuple
+
+import portalocker
+from iopath.common.file_io import file_lock
 
 import detectron2.data.transforms as T
 from detectron2.utils import comm
@@ -97,68 +100,39 @@ def _write_cache(path: str, counts: PriorCounts, fingerprint: str) -> None:
 
 
 LOCK_TIMEOUT = 1800.0  # seconds a process waits for another one counting the same prior
-_LOCK_POLL = 0.05
 
 
-class _CacheLock:
+@contextlib.contextmanager
+def _cache_lock(path: str):
     """
-    An exclusive ``fcntl.flock`` on ``<cache file>.lock``: one process at a time counts
-    (and writes) a fingerprint; the others wait, then read its result. The kernel drops
-    the lock of a process that dies, so a stale lock cannot block anyone; the lock file
-    itself (holding the last holder's pid, for messages) is never deleted, as deleting
-    it would let two processes lock two different files. After ``timeout`` seconds of
-    waiting, a warning is logged and the caller counts without the lock (the write is
-    atomic anyway). Without ``fcntl`` (Windows) nothing is locked.
+    iopath's :func:`file_lock` on ``<path>.lock`` (an exclusive ``flock`` through
+    portalocker): one process at a time counts and writes a fingerprint; the others wait,
+    then read its result. The kernel drops the lock of a process that dies, so a lock
+    file left behind blocks nobody, and the lock file is never deleted (deleting it
+    would let two processes lock two different files). ``file_lock`` would wait an hour
+    and then raise; here, after ``LOCK_TIMEOUT`` seconds of waiting (or where the file
+    system cannot lock), a warning is logged and the caller goes on without the lock:
+    the cache write is atomic anyway.
     """
-
-    def __init__(self, path: str, timeout: Optional[float] = None):
-        self.path = path + ".lock"
-        self.timeout = LOCK_TIMEOUT if timeout is None else float(timeout)
-        self.fd: Optional[int] = None
-
-    def __enter__(self) -> "_CacheLock":
+    lock = file_lock(path)
+    try:
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return self
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        t0, logged = time.monotonic(), False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                waited = time.monotonic() - t0
-                if waited >= self.timeout:
-                    os.close(fd)
-                    logger.warning("prior cache lock %s still held by %s after %.0fs; counting "
-                                   "without it", self.path, self._holder(), waited)
-                    return self
-                if not logged:
-                    logger.info("prior cache: waiting for %s, counting the same prior (lock %s)",
-                                self._holder(), self.path)
-                    logged = True
-                time.sleep(_LOCK_POLL)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return self
-
-    def _holder(self) -> str:
-        try:
-            with open(self.path) as f:
-                return "pid " + (f.read().strip() or "?")
-        except OSError:
-            return "another process"
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+            lock.acquire(fail_when_locked=True)
+        except portalocker.AlreadyLocked:
+            logger.info("prior cache: waiting for another process counting the same prior "
+                        "(lock %s.lock)", path)
+            lock.acquire(timeout=LOCK_TIMEOUT)
+    except portalocker.LockException as e:
+        held = isinstance(e, portalocker.AlreadyLocked)
+        reason = (f"still held after {LOCK_TIMEOUT:.0f}s" if held
+                  else f"cannot be taken ({type(e).__name__}: {e})")
+        logger.warning("prior cache lock %s.lock %s; counting without it", path, reason)
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def load_or_count(dataset_names, dataset_dicts, counter: GridCounter, augmentations=(),
@@ -167,7 +141,7 @@ def load_or_count(dataset_names, dataset_dicts, counter: GridCounter, augmentati
     """Counts from the fingerprinted cache when valid, else counted (and cached by rank 0).
     Returns (counts, from_cache); ``counts.fingerprint`` is the fingerprint.
 
-    Processes counting the same fingerprint at once take turns (:class:`_CacheLock`): a
+    Processes counting the same fingerprint at once take turns (:func:`_cache_lock`): a
     single process counts, writes the cache atomically, and the others then read it. In
     a distributed job every rank counts its shard and only rank 0 takes the lock, to
     write."""
@@ -184,7 +158,7 @@ def load_or_count(dataset_names, dataset_dicts, counter: GridCounter, augmentati
         counts.fingerprint = fp
         return counts, False
     if comm.get_world_size() == 1:
-        with _CacheLock(path):
+        with _cache_lock(path):
             # written while this process waited? (a corrupt file was reported above)
             cached = _read_cache(path, fp, warn=False)
             if cached is not None:
@@ -197,6 +171,6 @@ def load_or_count(dataset_names, dataset_dicts, counter: GridCounter, augmentati
     counts = count_dataset(dataset_dicts, counter, augmentations, head_classes, progress)
     counts.fingerprint = fp
     if comm.is_main_process():
-        with _CacheLock(path):
+        with _cache_lock(path):
             _write_cache(path, counts, fp)
     return counts, False
