@@ -64,6 +64,24 @@ def coco_mini():
 SF_COCO_MINI = os.path.join(REPO, "configs", "coco_mini", "sampling_free_root_resnet18_fpn_coco_mini.py")
 
 
+def register_coco(name, json_file, image_root):
+    """Register a COCO dataset as ``name`` (scratchdet's checks), replacing any dataset of
+    that name registered before."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from scratchdet.data import register_coco_dataset
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_dataset(name, json_file, image_root)
+
+
+def log_messages(caplog, level):
+    """The messages ``caplog`` recorded at exactly ``level``."""
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
 @pytest.fixture(scope="session")
 def sf_coco_mini_run(coco_mini, tmp_path_factory):
     """A Sampling-Free coco_mini detector trained 4 iterations by train_net.py (prior

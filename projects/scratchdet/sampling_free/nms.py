@@ -14,7 +14,7 @@ Size = Tuple[int, int]
 
 # Above this many boxes on CPU (and not tracing), per_class_nms runs torchvision's nms
 # class by class, on the same shifted boxes: the CPU kernel's cost grows with the number
-# of kept boxes times all boxes, and at 80 classes one call is the slower beyond ~2000.
+# of kept boxes times all boxes, so with many classes one call is the slower for many boxes.
 CPU_ONE_CALL_MAX_BOXES = 2000
 
 

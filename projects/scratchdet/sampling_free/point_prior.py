@@ -26,7 +26,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .prior import GridCounter, _Batch, _group_pairs, _grouped_max, _ranks
+from .prior.grid_counter import GridCounter, _Batch, _group_pairs, _grouped_max, _ranks
 
 __all__ = ["FCOSPointRule", "PointCounter"]
 
