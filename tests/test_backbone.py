@@ -164,6 +164,7 @@ def test_ssd_maps_for_every_study_stem(study, first_stride, size, maps):
 
 def test_registered_backbones_build_from_yacs():
     cfg = add_scratchdet_config(get_cfg())
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # from scratch, as the YAML bases set it
     cfg.MODEL.ROOT_RESNET.DEPTH = 18
     cfg.MODEL.ROOT_RESNET.STEM_OUT_CHANNELS = 8
     cfg.MODEL.ROOT_RESNET.RES2_OUT_CHANNELS = 8
@@ -183,6 +184,7 @@ def test_registered_backbones_build_from_yacs():
         cfg.MODEL.BACKBONE.NAME = name
         bb = build_backbone(cfg, shape)
         assert {k: v.stride for k, v in bb.output_shape().items()} == strides, name
+        assert all(p.requires_grad for p in bb.parameters()), name
         out = bb(x)
         assert all(out[k].shape[-1] == 128 // s for k, s in strides.items())
     cfg.MODEL.BACKBONE.NAME = "build_root_resnet_ssd_backbone"

@@ -541,6 +541,7 @@ def test_yacs_configs_can_name_the_sampling_free_modules():
 
     cfg = add_scratchdet_config(get_cfg())
     cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # nothing frozen, as the from-scratch YAML bases set
     cfg.MODEL.RESNETS.DEPTH = 18
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.META_ARCHITECTURE = "SamplingFreeRetinaNet"

@@ -6,7 +6,10 @@ __all__ = ["add_scratchdet_config"]
 
 def add_scratchdet_config(cfg: CN) -> CN:
     """
-    Add scratchdet's keys, with their defaults, to a Detectron2 config (in place).
+    Add scratchdet's keys, with their defaults, to a Detectron2 config (in place). It
+    changes none of the config's existing keys: training from scratch needs
+    ``MODEL.BACKBONE.FREEZE_AT: 0``, which the YAML bases in configs/ set (Detectron2's
+    default 2 freezes the stem and res2).
 
     MODEL.ROOT_RESNET: the Root-ResNet backbone (see ``scratchdet.backbone.RootResNet``).
     MODEL.SSD: SSD extra stages and anchor steps (``build_root_resnet_ssd_backbone``) and
@@ -43,7 +46,6 @@ def add_scratchdet_config(cfg: CN) -> CN:
     # Both match anchors with SSD's rule at MODEL.RETINANET.IOU_THRESHOLDS.
     cfg.MODEL.SSD.LOSS = "multibox"
     cfg.MODEL.SSD.NEG_POS_RATIO = 3.0
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # from scratch: nothing frozen
 
     # Sampling-Free heads (SamplingFreeRetinaNet, SamplingFreeRPN, SamplingFreeROIHeads,
     # SamplingFreeFCOS: GUIDED_LOSS_SCALE and THRESHOLD_RULE)

@@ -6,14 +6,11 @@ LR scheduler, periodic checkpointer, evaluation hook, console/JSON/TensorBoard w
 datasets registered from the config, CPU multi-process training over GLOO, and the final
 evaluation results returned to the caller.
 """
-import ast
-import difflib
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
@@ -34,6 +31,7 @@ from ..io import write_json_atomic
 from ..evaluation import AdaptiveThresholdEvalHook, build_threshold_comparison, score_floor
 from ..sampling_free import PriorInitHook
 from .checkpoint import AtomicCheckpointer, check_output_dir, load_fitting_checkpoint
+from .overrides import ConfigOverrideError, apply_overrides
 
 __all__ = ["load_config", "apply_overrides", "build_model", "do_test", "do_train",
            "ConfigOverrideError", "RESULTS_FILE", "setup_run", "eval_checkpoint"]
@@ -41,161 +39,6 @@ __all__ = ["load_config", "apply_overrides", "build_model", "do_test", "do_train
 RESULTS_FILE = "evaluation_results.json"  # in train.output_dir: the last evaluation
 
 logger = logging.getLogger("scratchdet")
-
-
-class ConfigOverrideError(KeyError):
-    """A command-line override names no key of the config, or gives a value of the wrong
-    type. A ``KeyError`` (as Detectron2 raises for a bad override) with a readable message."""
-
-    def __str__(self):
-        return str(self.args[0]) if self.args else ""
-
-
-_ABSENT = object()
-# a config's ``datasets`` mapping is a registry: overrides may add entries to it
-# (``datasets.NAME.json_file=... datasets.NAME.image_root=...``, see the README)
-_DATASET_FIELDS = ("json_file", "image_root")
-
-
-def _parse_overrides(overrides: Sequence[str]) -> List[Tuple[str, str, Any, str]]:
-    """``(override, key, value, kind)`` for each ``key=value`` (Hydra's override grammar);
-    kind is ``"change"``, ``"add"`` (``+key=value``) or ``"force_add"`` (``++key=value``)."""
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-    except ImportError:  # the subset Detectron2 supports without Hydra
-        out = []
-        for line in overrides:
-            kind = "force_add" if line.startswith("++") else "add" if line.startswith("+") \
-                else "change"
-            if "=" not in line:
-                raise ConfigOverrideError(f"override {line!r} is not of the form key=value")
-            key, value = line.lstrip("+").split("=", 1)
-            try:
-                value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                pass
-            out.append((line, key, value, kind))
-        return out
-    out = []
-    for o in OverridesParser.create().parse_overrides(list(overrides)):
-        if o.is_delete():
-            raise NotImplementedError(f"override {o.input_line!r}: deleting a key is not supported")
-        kind = "force_add" if o.is_force_add() else "add" if o.is_add() else "change"
-        out.append((o.input_line, o.key_or_group, o.value(), kind))
-    return out
-
-
-def _lookup(cfg, key: str):
-    try:
-        return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
-    except Exception:  # e.g. an index into something that is no list
-        return _ABSENT
-
-
-def _is_new_dataset_entry(cfg, key: str) -> bool:
-    """``datasets.NAME.json_file`` / ``.image_root`` for a dataset NAME the config lacks."""
-    parts = key.split(".")
-    return (len(parts) == 3 and parts[0] == "datasets" and parts[2] in _DATASET_FIELDS
-            and _lookup(cfg, f"datasets.{parts[1]}") is _ABSENT)
-
-
-def _unknown_key_message(cfg, line: str, key: str, where: str) -> str:
-    parts = key.split(".")
-    parent, i = cfg, 0
-    for i, part in enumerate(parts):  # the deepest existing prefix
-        child = _lookup(cfg, ".".join(parts[:i + 1]))
-        if child is _ABSENT:
-            break
-        parent = child
-    prefix = ".".join(parts[:i])
-    msg = f"override {line!r}{where}: unknown config key {key!r}"
-    if not OmegaConf.is_config(parent):
-        return msg + f" ({prefix} is a {type(parent).__name__}, not a config with keys)"
-    msg += f" ({prefix or 'the config'} has no key {parts[i]!r}"
-    keys = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
-    close = [".".join(parts[:i] + [c])
-             for c in difflib.get_close_matches(parts[i], keys, n=3, cutoff=0.6)]
-    if not close and i == len(parts) - 1:  # a leaf misplaced or misspelled: look deeper
-        nested = {k.rpartition(".")[2]: k for k in _nested_keys(parent, prefix)}
-        close = [nested[c] for c in difflib.get_close_matches(parts[i], list(nested), n=3,
-                                                               cutoff=0.6)]
-    if close:
-        msg += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
-    msg += f"). To add a new key on purpose, write +{key}=..."
-    if parts[0] == "datasets":
-        msg += " (a new dataset is datasets.NAME.json_file=... datasets.NAME.image_root=...)"
-    return msg
-
-
-def _nested_keys(node, prefix: str, depth: int = 3) -> List[str]:
-    """Dotted keys below ``node`` (``depth`` levels), for "did you mean" suggestions."""
-    out = []
-    if depth == 0 or not isinstance(node, DictConfig):
-        return out
-    for k in node.keys():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.append(key)
-        out.extend(_nested_keys(_lookup(node, str(k)), key, depth - 1))
-    return out
-
-
-def _check_type(line: str, key: str, old, new, where: str):
-    """``new`` if it has the type of ``old`` (for bool/int/float/str values; an int is
-    accepted, as a float, for a float; ``null`` for any), else ConfigOverrideError."""
-    if new is None or old is None or not isinstance(old, (bool, int, float, str)):
-        return new
-    if isinstance(old, bool):
-        ok, expected = isinstance(new, bool), "bool"
-    elif isinstance(old, int):
-        ok, expected = isinstance(new, int) and not isinstance(new, bool), "int"
-    elif isinstance(old, float):
-        ok, expected = isinstance(new, (int, float)) and not isinstance(new, bool), "float"
-        if ok:
-            new = float(new)
-    else:
-        ok, expected = isinstance(new, str), "str"
-    if ok:
-        return new
-    hint = f"; quote it for a string: {key}='{new}'" if expected == "str" else ""
-    article = "an" if expected == "int" else "a"
-    raise ConfigOverrideError(
-        f"override {line!r}{where}: {key} expects {article} {expected} (it is {old!r}), "
-        f"got {new!r} of type {type(new).__name__}{hint}")
-
-
-def apply_overrides(cfg, overrides: Sequence[str] = (), config_file: str = ""):
-    """
-    Detectron2's ``LazyConfig.apply_overrides`` (Hydra syntax), but strict: every key must
-    exist in the config unless the override adds it on purpose (``+key=value``, or
-    ``++key=value`` to add or change) or registers a new dataset
-    (``datasets.NAME.json_file=...``, ``datasets.NAME.image_root=...``), and a value that
-    replaces a bool/int/float/str must have its type (an int is accepted for a float,
-    ``null`` for anything). All overrides are checked before any is applied; a bad one
-    raises :class:`ConfigOverrideError` naming it, the key and the expected type.
-    """
-    where = f" (config {config_file})" if config_file else ""
-    checked = []
-    for line, key, value, kind in _parse_overrides(overrides):
-        old = _lookup(cfg, key)
-        if old is _ABSENT:
-            if kind == "change" and not _is_new_dataset_entry(cfg, key):
-                raise ConfigOverrideError(_unknown_key_message(cfg, line, key, where))
-            parent_key = key.rpartition(".")[0]
-            parent = _lookup(cfg, parent_key) if parent_key else cfg
-            if parent is not _ABSENT and not OmegaConf.is_config(parent):
-                raise ConfigOverrideError(
-                    f"override {line!r}{where}: cannot add {key!r}: {parent_key} is a "
-                    f"{type(parent).__name__}, not a config with keys")
-        elif kind == "add":
-            raise ConfigOverrideError(
-                f"override {line!r}{where}: {key} already exists (it is {old!r}); drop "
-                f"the '+' to change it")
-        else:
-            value = _check_type(line, key, old, value, where)
-        checked.append((key, value))
-    for key, value in checked:
-        OmegaConf.update(cfg, key, value, merge=True)
-    return cfg
 
 
 def load_config(config_file: str, overrides=()):
