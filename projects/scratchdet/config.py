@@ -36,9 +36,10 @@ def add_scratchdet_config(cfg: CN) -> CN:
     cfg.MODEL.SSD.IN_FEATURES = ["res4", "res5"]
     cfg.MODEL.SSD.EXTRA_CHANNELS = [128, 128, 128, 128]
     cfg.MODEL.SSD.STEPS = [8, 16, 32, 64, 100, 300]
-    # Norm of the SSD head's prediction convs (ScratchDetSSD): "BN" (default: each conv
-    # without bias, followed by a BatchNorm, as in ScratchDet), "SyncBN", or "" (plain
-    # convs with bias, as in the original SSD).
+    # Norm of the SSD head's prediction convs (ScratchDetSSD): a detectron2.layers.get_norm
+    # name ("BN", the default: each conv without bias, followed by a BatchNorm, as in
+    # ScratchDet; "SyncBN", "GN", ...) or "" (plain convs with bias, as in the original
+    # SSD); an unknown name raises.
     cfg.MODEL.SSD.HEAD_NORM = "BN"
     # ScratchDetSSD's loss: "multibox" (SSD's and ScratchDet's: softmax over K + 1 classes,
     # NEG_POS_RATIO hard negatives per positive, smooth-L1 with
