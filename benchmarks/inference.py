@@ -16,9 +16,10 @@ A freshly initialised Sampling-Free model scores about the prior everywhere, so 
 passes either threshold and the post-processing would be idle. Unless ``--weights`` gives a
 checkpoint (written by train_net.py from that config, or any with the same parameters),
 the benchmark therefore trains the LazyConfig model briefly first: prior counted on
-coco_mini's train split (cached like train_net.py's), then SGD iterations of the
-config's data loader (sampler and augmentations seeded with ``--seed``), optimizer and
-learning rate (linear warm-up over the first 20 iterations) until its scores on the
+coco_mini's train split (cached like train_net.py's), then ``do_train`` (train_net.py's
+loop, without checkpoints, evaluation or writers) on the config's data loader (sampler
+and augmentations seeded with ``--seed``), optimizer and learning rate (linear warm-up
+over the first 20 iterations, then constant) until its scores on the
 benchmark's images are spread like a detector's, checked every 20 iterations from the
 40th: the median image's top class score is at least ``--spread-score`` (0.1) and the
 median image has at most ``--max-candidates`` (500) (anchor, class) scores above 0.05.
@@ -95,19 +96,37 @@ def score_spread(model, aug, imgs) -> Dict[str, List]:
             "above_fixed": [int(sum(int((s > FIXED).sum()) for s in o)) for o in outs]}
 
 
+def warmup_then_constant(warmup: int, max_iter: int):
+    """The brief training's learning-rate multiplier, as a ``cfg.lr_multiplier`` of
+    ``max_iter`` iterations: at iteration ``it`` (from 0) ``min(1, (it + 1) / warmup)``,
+    a linear warm-up that reaches the base rate at iteration ``warmup - 1``, then
+    constant (Detectron2's ``WarmupMultiStepLR`` without steps)."""
+    from detectron2.config import LazyCall as L
+    from detectron2.solver import WarmupParamScheduler
+    from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+    constant = L(MultiStepParamScheduler)(values=[1.0], milestones=[], num_updates=max_iter)
+    if warmup <= 1:
+        return constant
+    # Detectron2's linear warm-up runs from warmup_factor at where 0 to 1 at warmup_length
+    return L(WarmupParamScheduler)(scheduler=constant, warmup_factor=1.0 / warmup,
+                                   warmup_length=(warmup - 1) / max_iter,
+                                   warmup_method="linear")
+
+
 def train_briefly(args, out_dir: str, imgs) -> Dict:
-    """The LazyConfig model, prior set, trained until its scores on ``imgs`` are spread
-    (checked every ``CHECK_EVERY`` iterations from ``MIN_ITERS`` on: median top score >=
-    ``args.spread_score`` and median number of scores above 0.05 <= ``args.max_candidates``)
-    or for ``args.train_iters`` iterations; saved in ``out_dir``."""
+    """The LazyConfig model, prior set, trained with ``do_train`` until its scores on
+    ``imgs`` are spread (checked every ``CHECK_EVERY`` iterations from ``MIN_ITERS`` on:
+    median top score >= ``args.spread_score`` and median number of scores above 0.05 <=
+    ``args.max_candidates``) or for ``args.train_iters`` iterations; saved in
+    ``out_dir``."""
     import torch
     from detectron2.config import instantiate
-    from detectron2.data import build_detection_train_loader
-    from detectron2.data.samplers import TrainingSampler
+    from detectron2.engine import hooks
     from detectron2.utils.env import seed_all_rng
-    from detectron2.utils.events import EventStorage
 
     from scratchdet.engine.checkpoint import AtomicCheckpointer
+    from scratchdet.engine.lazy_train import do_train
     from scratchdet.sampling_free import initialize_priors
 
     cfg = common.load_config(LAZY, [f"train.device={args.device}"])
@@ -116,64 +135,53 @@ def train_briefly(args, out_dir: str, imgs) -> Dict:
     t0 = time.perf_counter()
     counts = initialize_priors(cfg, model, progress=False)  # on the CPU (see train_step)
     prior_seconds = time.perf_counter() - t0
-    model.to(args.device).train()
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
+    model.to(args.device)
     base_lr = float(cfg.optimizer.lr)
     warmup = max(1, min(20, args.train_iters // 5))
-    # the config's loader with a seeded sampler (and seeded resize/flip draws: the mapper
-    # runs in this process), so the same --seed gives the same checkpoint
-    dl = cfg.dataloader.train
-    dicts = instantiate(dl.dataset)
-    seed_all_rng(args.seed)
-    data = iter(build_detection_train_loader(
-        dataset=dicts, mapper=instantiate(dl.mapper),
-        sampler=TrainingSampler(len(dicts), seed=args.seed),
-        total_batch_size=int(dl.total_batch_size), num_workers=int(dl.num_workers)))
+    cfg.train.max_iter = args.train_iters
+    cfg.train.output_dir = out_dir
+    cfg.lr_multiplier = warmup_then_constant(warmup, args.train_iters)
     test_aug = instantiate(cfg.dataloader.test.mapper.augmentations)[0]
-    losses, checks, spread = [], [], None
+    losses, checks, reached = [], [], [None]  # reached: whether a check stopped training
+
+    def spread(trainer) -> bool:
+        """After each iteration: record its loss; every CHECK_EVERY iterations check the
+        scores, True (stop) once they are spread."""
+        losses.append(trainer.storage.latest()["total_loss"][0])
+        done = trainer.iter + 1
+        if done % CHECK_EVERY:
+            return False
+        sp = score_spread(model, test_aug, imgs)
+        med = statistics.median(sp["top"])
+        cand = statistics.median(sp["above_fixed"])
+        checks.append({"iteration": done, "loss": losses[-1], "median_top_score": med,
+                       "median_scores_above_fixed": cand,
+                       "images_with_a_score_above_fixed": sum(t > FIXED for t in sp["top"])})
+        print(f"  training {done}/{args.train_iters}: loss {losses[-1]:.3f}, median "
+              f"top score {med:.3g}, median scores above {FIXED}: {cand:.0f}", flush=True)
+        if done >= MIN_ITERS and med >= args.spread_score and cand <= args.max_candidates:
+            reached[0] = True
+        return bool(reached[0])
+
     t0 = time.perf_counter()
-    with EventStorage(0) as storage:
-        for it in range(args.train_iters):
-            for g in optimizer.param_groups:
-                g["lr"] = base_lr * min(1.0, (it + 1) / warmup)
-            loss_dict = model(next(data))
-            total = sum(loss_dict.values())
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"training diverged at iteration {it}: {loss_dict}")
-            optimizer.zero_grad()
-            total.backward()
-            optimizer.step()
-            losses.append(float(total.detach()))
-            storage.iter = it + 1
-            if (it + 1) % CHECK_EVERY == 0:
-                sp = score_spread(model, test_aug, imgs)
-                med = statistics.median(sp["top"])
-                cand = statistics.median(sp["above_fixed"])
-                checks.append({"iteration": it + 1, "loss": losses[-1], "median_top_score": med,
-                               "median_scores_above_fixed": cand,
-                               "images_with_a_score_above_fixed":
-                                   sum(t > FIXED for t in sp["top"])})
-                print(f"  training {it + 1}/{args.train_iters}: loss {losses[-1]:.3f}, median "
-                      f"top score {med:.3g}, median scores above {FIXED}: {cand:.0f}",
-                      flush=True)
-                if it + 1 >= MIN_ITERS and med >= args.spread_score \
-                        and cand <= args.max_candidates:
-                    spread = True
-                    break
-    if spread is None and checks:
-        spread = False
+    # the config's loader with a seeded sampler, and all generators seeded right before
+    # the first iteration (the mapper's resize/flip draws run in this process), so the
+    # same --seed gives the same checkpoint
+    do_train(cfg, model, sampler_seed=args.seed, stop_when=spread, outputs=False,
+             extra_hooks=[hooks.CallbackHook(before_train=lambda _: seed_all_rng(args.seed))])
+    train_seconds = time.perf_counter() - t0
+    if reached[0] is None and checks:
+        reached[0] = False
         print(f"WARNING: after {args.train_iters} iterations the scores are not spread as "
               f"asked (last check: {checks[-1]}); the post-processing comparison runs on this "
               "model anyway", file=sys.stderr)
-    train_seconds = time.perf_counter() - t0
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
     AtomicCheckpointer(model, save_dir=out_dir).save("model_benchmark")
     return {"weights": os.path.join(out_dir, "model_benchmark.pth"), "trained_here": True,
             "train_iters_max": args.train_iters, "train_iters": len(losses),
             "spread_score": args.spread_score, "max_candidates": args.max_candidates,
-            "spread_reached": spread, "checks": checks,
+            "spread_reached": reached[0], "checks": checks,
             "base_lr": base_lr, "warmup_iters": warmup,
             "batch_size": int(cfg.dataloader.train.total_batch_size),
             "prior": {k: v.prior for k, v in counts.items()},

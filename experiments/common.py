@@ -1,18 +1,19 @@
 """Shared machinery of the experiments: command line, seeding, the evaluation subset,
-a training loop that records per-iteration losses and gradient norms, evaluation with
-the project's ``do_test``, the JSON record and the figure helpers.
+training with a record of per-iteration losses and gradient norms, evaluation with the
+project's ``do_test``, the JSON record and the figure helpers.
 
-The training loop is the one of :func:`scratchdet.engine.lazy_train.do_train` without
-its checkpointer, writers and evaluation hook: Detectron2's ``SimpleTrainer`` on the
-config's optimizer, train loader and ``lr_multiplier``, with ``PriorInitHook`` (counts
-the foreground prior of Sampling-Free heads before the first iteration),
-``IterationTimer`` and ``LRScheduler``, plus :class:`RunRecorder`, which reads the
-losses the trainer logs every iteration and, right after ``backward()`` (the trainer's
-``after_backward`` hook point, before ``optimizer.step()``), the total L2 norm of the
-gradient of the whole model. Evaluation is :func:`scratchdet.engine.lazy_train.do_test`
-(Detectron2's ``COCOEvaluator``; for Sampling-Free configs AP at the adaptive threshold
-and at the fixed 0.05 from one inference pass), which also writes
-``evaluation_results.json`` into the run's directory.
+Training is :func:`scratchdet.engine.lazy_train.do_train` without its checkpointer,
+writers and evaluation hook (``outputs=False``): Detectron2's ``SimpleTrainer`` (with
+the non-finite loss check) on the config's optimizer, train loader and
+``lr_multiplier``, with ``PriorInitHook`` (counts the foreground prior of Sampling-Free
+heads before the first iteration), ``IterationTimer`` and ``LRScheduler``, plus
+:class:`~experiments.records.RunRecorder`, which reads the losses the trainer logs every
+iteration and, right after ``backward()`` (the trainer's ``after_backward`` hook point,
+before ``optimizer.step()``), the total L2 norm of the gradient of the whole model.
+Evaluation is :func:`scratchdet.engine.lazy_train.do_test` (Detectron2's
+``COCOEvaluator``; for Sampling-Free configs AP at the adaptive threshold and at the
+fixed 0.05 from one inference pass), which also writes ``evaluation_results.json`` into
+the run's directory.
 """
 import argparse
 import contextlib
@@ -35,18 +36,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from detectron2.config import LazyCall as L  # noqa: E402
-from detectron2.config import instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.samplers import TrainingSampler  # noqa: E402
-from detectron2.engine import HookBase, SimpleTrainer, hooks  # noqa: E402
+from detectron2.engine import hooks  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 import scratchdet  # noqa: E402,F401  (registers the shapes datasets)
 from scratchdet.data.coco import register_coco_dataset  # noqa: E402
 from scratchdet.data.shapes import ensure_shapes  # noqa: E402
-from scratchdet.engine.lazy_train import build_model, do_test, load_config  # noqa: E402
-from scratchdet.sampling_free import PriorInitHook  # noqa: E402
+from scratchdet.engine.lazy_train import build_model, do_test, do_train, load_config  # noqa: E402
+
+from .records import (  # noqa: E402
+    METRICS, RunRecorder, ap_metrics, finite_or_none, grad_norm_stats, null_reasons,
+    sec_per_iter, tail_mean)
 
 __all__ = [
     "REPO", "FOCAL_DEMO", "SF_DEMO", "SSD_DEMO", "DETECTORS", "METRICS", "Experiment",
@@ -64,25 +65,12 @@ DETECTORS = {
     "ssd": (SSD_DEMO, "ScratchDet300-style SSD, MultiBox loss"),
 }
 VAL = "scratchdet_shapes_val"
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SCHEMA_VERSION = 1
-LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_cls_unscaled")
 
 logger = logging.getLogger("experiments")
 
 
 # -- small helpers ----------------------------------------------------------------------
-def finite_or_none(v):
-    """float(v), or None when v is None, NaN or infinite (JSON has no NaN)."""
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def mean_std(values: Iterable) -> Dict:
     """Mean, sample standard deviation (n-1; None for one value), min, max, n of the
     non-None values."""
@@ -334,140 +322,6 @@ def warmup_iters(cfg) -> int:
 
 
 # -- the training loop ------------------------------------------------------------------------
-class _Reseed(HookBase):
-    """Reseeds all generators right before the first iteration (after the prior count),
-    so the data order and flips depend on the seed only, not on what ran before."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def before_train(self):
-        seed_all(self.seed + 1)
-
-
-class RunRecorder(HookBase):
-    """
-    Per iteration: the losses the trainer logged (``total_loss``, ``loss_cls``,
-    ``loss_box_reg`` and, for Sampling-Free, ``loss_cls_unscaled``; any other ``loss*``
-    term from the iteration it first appears, earlier iterations null), the learning rate,
-    the wall time of the step, and with ``grad_norm`` the total L2 norm of the gradient
-    of all parameters after ``backward()`` (what ``clip_grad_norm_(params, inf)``
-    returns), with ``grad_change`` also ``||g_t - g_{t-1}|| / ||g_{t-1}||`` between
-    consecutive iterations (different mini-batches). Step times: wall and process CPU
-    time (all threads) from ``before_step`` to ``after_step`` (data loading included),
-    the recorder's own compute left out.
-    """
-
-    def __init__(self, model, grad_norm: bool = True, grad_change: bool = False):
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.grad_norm = grad_norm or grad_change
-        self.grad_change = grad_change
-        self.curves: Dict[str, List] = {"iteration": [], "lr": [], "step_seconds": [],
-                                        "step_cpu_seconds": []}
-        for k in LOSS_KEYS:
-            self.curves[k] = []
-        if self.grad_norm:
-            self.curves["grad_norm"] = []
-        if grad_change:
-            self.curves["grad_change_rel"] = []
-        self._prev = None
-        self._pending = {}
-        self._overhead = 0.0
-        self._cpu_overhead = 0.0
-        self._t = None
-        self._cpu = None
-        self.last_grad_norm = None
-
-    def before_step(self):
-        self._overhead = 0.0
-        self._cpu_overhead = 0.0
-        self._pending = {}
-        self._t = time.perf_counter()
-        self._cpu = time.process_time()
-
-    def after_backward(self):
-        if not self.grad_norm:
-            return
-        t, cpu = time.perf_counter(), time.process_time()
-        with torch.no_grad():
-            grads = [p.grad.detach() for p in self.params if p.grad is not None]
-            if grads:
-                norm = torch.linalg.vector_norm(
-                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
-            else:
-                norm = 0.0
-            self._pending["grad_norm"] = norm
-            self.last_grad_norm = norm
-            if self.grad_change:
-                flat = torch.cat([g.reshape(-1).float() for g in grads]) if grads else None
-                change = None
-                if (flat is not None and self._prev is not None
-                        and self._prev.numel() == flat.numel()):
-                    prev_norm = torch.linalg.vector_norm(self._prev).item()
-                    if prev_norm > 0:
-                        change = torch.linalg.vector_norm(flat - self._prev).item() / prev_norm
-                self._pending["grad_change_rel"] = change
-                self._prev = flat.clone() if flat is not None else None
-        self._overhead += time.perf_counter() - t
-        self._cpu_overhead += time.process_time() - cpu
-
-    def after_step(self):
-        step = time.perf_counter() - self._t - self._overhead
-        step_cpu = time.process_time() - self._cpu - self._cpu_overhead
-        it = self.trainer.iter
-        latest = self.trainer.storage.latest()
-        c = self.curves
-        c["iteration"].append(it)
-        c["step_seconds"].append(step)
-        c["step_cpu_seconds"].append(step_cpu)
-        lr = latest.get("lr")
-        c["lr"].append(lr[0] if lr and lr[1] == it else None)
-        # the losses every model logs, and any other loss term of this iteration (the
-        # stage losses of a cascade, FCOS's centerness, a mask loss, ...)
-        for k in sorted(set(LOSS_KEYS) | {k for k in latest if k.startswith("loss")}):
-            v = latest.get(k)
-            c.setdefault(k, [None] * (len(c["iteration"]) - 1))
-            c[k].append(finite_or_none(v[0]) if v and v[1] == it else None)
-        for k in ("grad_norm", "grad_change_rel"):
-            if k in c:
-                c[k].append(finite_or_none(self._pending.get(k)))
-
-    def trimmed(self) -> Dict[str, List]:
-        """The curves without loss keys the model never logged."""
-        return {k: v for k, v in self.curves.items()
-                if not (k in LOSS_KEYS and all(x is None for x in v))}
-
-
-def _sec_per_iter(step_seconds: List[float], stat: str = "mean") -> Optional[float]:
-    """Mean (or median) step time, the first two iterations (allocation, lazy init) left
-    out."""
-    xs = step_seconds[2:] if len(step_seconds) > 4 else step_seconds
-    if not xs:
-        return None
-    return float(np.median(xs)) if stat == "median" else sum(xs) / len(xs)
-
-
-def _metrics(bbox: Optional[Dict]) -> Dict:
-    bbox = bbox or {}
-    return {m: finite_or_none(bbox.get(m)) for m in METRICS}
-
-
-def _null_reasons(metrics: Dict, diverged_reason: Optional[str]) -> Dict[str, str]:
-    out = {}
-    for m, v in metrics.items():
-        if v is not None:
-            continue
-        if diverged_reason:
-            out[m] = diverged_reason
-        elif metrics.get("AP") is None:
-            out[m] = ("COCOEvaluator returned NaN: no detection above the score threshold "
-                      "on the evaluation images")
-        else:
-            out[m] = ("COCOEvaluator returned NaN: no ground-truth box in this area range "
-                      "on the evaluation images (COCO 'large' is > 96^2 px; images are 160 px)")
-    return out
-
-
 def train_and_evaluate(
     exp: Experiment,
     cfg,
@@ -483,8 +337,8 @@ def train_and_evaluate(
     extra: Optional[Dict] = None,
 ) -> Dict:
     """
-    Build the model (seeded), train ``cfg.train.max_iter`` iterations with
-    :class:`RunRecorder`, evaluate with ``do_test`` and append the run's record to
+    Build the model (seeded), train ``cfg.train.max_iter`` iterations with ``do_train``
+    and :class:`RunRecorder`, evaluate with ``do_test`` and append the run's record to
     ``exp.runs``.
 
     ``modify_model(model)`` runs after building (e.g. swap the guided scaler);
@@ -497,29 +351,22 @@ def train_and_evaluate(
     if modify_model is not None:
         modify_model(model)
     num_params = sum(p.numel() for p in model.parameters())
-    model.train()
-    cfg.optimizer.params.model = model
-    optim = instantiate(cfg.optimizer)
-    # the sampler's shuffle seed from the run's seed (else detectron2 draws one from numpy)
-    num_train = len(instantiate(cfg.dataloader.train.dataset))
-    cfg.dataloader.train.sampler = L(TrainingSampler)(size=num_train, shuffle=True, seed=seed)
-    loader = instantiate(cfg.dataloader.train)
-    trainer = SimpleTrainer(model, loader, optim)
     recorder = RunRecorder(model, grad_norm=grad_norm, grad_change=grad_change)
-    trainer.register_hooks(
-        [PriorInitHook(cfg, model)]
-        + (list(extra_hooks(cfg, model)) if extra_hooks is not None else [])
-        + [_Reseed(seed), hooks.IterationTimer(),
-           hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)), recorder])
+    # after the prior count and the caller's hooks, all generators are reseeded, so the
+    # data order (the sampler shuffles with the run's seed) and the flips depend on the
+    # seed only, not on what ran before
+    reseed = hooks.CallbackHook(before_train=lambda trainer: seed_all(seed + 1))
+    before = list(extra_hooks(cfg, model)) if extra_hooks is not None else []
 
     key = os.path.basename(cfg.train.output_dir)
     progress(f"[{exp.name}] {key}: training {cfg.train.max_iter} iterations ...")
     diverged_reason, diverged_at = None, None
     t0 = time.perf_counter()
     try:
-        trainer.train(0, int(cfg.train.max_iter))
+        do_train(cfg, model, extra_hooks=before + [reseed], end_hooks=[recorder],
+                 sampler_seed=seed, outputs=False)
     except FloatingPointError as e:
-        diverged_at = int(trainer.iter)
+        diverged_at = recorder.current_iter
         diverged_reason = f"diverged: non-finite loss at iteration {diverged_at}"
         logger.warning("%s: %s (%s)", key, diverged_reason, str(e).splitlines()[0])
     train_seconds = time.perf_counter() - t0
@@ -537,7 +384,7 @@ def train_and_evaluate(
                 contextlib.redirect_stdout(log):
             results = do_test(cfg, model, iteration=done)
         eval_seconds = time.perf_counter() - t1
-    metrics = _metrics(results.get("bbox"))
+    metrics = ap_metrics(results.get("bbox"))
     # the fixed threshold the evaluation scored beside the adaptive one (0.05; FCOS: 0.2)
     fixed_key = next((k for k in results if k.startswith("bbox@")), None)
     fixed = results.get(fixed_key) if fixed_key else None
@@ -558,20 +405,20 @@ def train_and_evaluate(
         metrics=metrics,
         AP=metrics["AP"],
         APs=metrics["APs"],
-        null_reasons=_null_reasons(metrics, diverged_reason),
-        ap_null_reason=_null_reasons(metrics, diverged_reason).get("AP"),
-        metrics_fixed_0_05=_metrics(fixed) if fixed_key == "bbox@0.05" else None,
-        metrics_fixed=_metrics(fixed) if fixed else None,
+        null_reasons=null_reasons(metrics, diverged_reason),
+        ap_null_reason=null_reasons(metrics, diverged_reason).get("AP"),
+        metrics_fixed_0_05=ap_metrics(fixed) if fixed_key == "bbox@0.05" else None,
+        metrics_fixed=ap_metrics(fixed) if fixed else None,
         fixed_threshold=float(fixed_key[len("bbox@"):]) if fixed_key else None,
-        metrics_segm=_metrics(results["segm"]) if results.get("segm") else None,
-        sec_per_iter=_sec_per_iter(curves["step_seconds"]),
-        sec_per_iter_median=_sec_per_iter(curves["step_seconds"], "median"),
-        cpu_sec_per_iter=_sec_per_iter(curves["step_cpu_seconds"]),
+        metrics_segm=ap_metrics(results["segm"]) if results.get("segm") else None,
+        sec_per_iter=sec_per_iter(curves["step_seconds"]),
+        sec_per_iter_median=sec_per_iter(curves["step_seconds"], "median"),
+        cpu_sec_per_iter=sec_per_iter(curves["step_cpu_seconds"]),
         train_seconds=round(train_seconds, 2),
         eval_seconds=round(eval_seconds, 2) if eval_seconds is not None else None,
         num_params=num_params,
         prior=prior,
-        final_loss=_tail_mean(curves.get("total_loss", []), 10),
+        final_loss=tail_mean(curves.get("total_loss", []), 10),
         output_dir=os.path.relpath(cfg.train.output_dir, exp.out),
         curves=curves,
     )
@@ -585,52 +432,6 @@ def train_and_evaluate(
     progress(f"[{exp.name}] {key}: AP {ap}, {run['sec_per_iter'] or float('nan'):.3f} s/iter"
              + (f", {diverged_reason}" if diverged_reason else ""))
     return run
-
-
-def _tail_mean(values, n):
-    xs = [v for v in values[-n:] if v is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
-def grad_norm_stats(norms: Sequence, changes: Optional[Sequence], iterations: int) -> Dict:
-    """
-    How much the whole-model gradient norm varies over training (ScratchDet's argument
-    for BN: smoother landscape, more stable gradients). ``window`` iterations per window
-    (about 20 windows per run, at least 5 iterations each); per window the coefficient
-    of variation std/mean and the ratio max/min; overall the median norm, the mean and
-    the max of the window CVs, the mean max/min ratio, and the mean absolute log change
-    between consecutive iterations. Windows inside the warm-up are included.
-    """
-    window = max(5, iterations // 20)
-    g = [float(x) for x in norms if x is not None]
-    windows = []
-    for i in range(0, len(g), window):
-        chunk = np.array(g[i:i + window])
-        if len(chunk) < 2:
-            continue
-        m = float(chunk.mean())
-        windows.append(dict(start=i, mean=m, cv=float(chunk.std() / m) if m > 0 else None,
-                            max_over_min=(float(chunk.max() / chunk.min())
-                                          if chunk.min() > 0 else None)))
-    arr = np.array(g)
-    logs = np.log(arr[arr > 0]) if len(arr) else np.array([])
-    cvs = [w["cv"] for w in windows if w["cv"] is not None]
-    ratios = [w["max_over_min"] for w in windows if w["max_over_min"] is not None]
-    ch = [float(x) for x in (changes or []) if x is not None]
-    return dict(
-        window=window,
-        n=len(g),
-        median=float(np.median(arr)) if len(arr) else None,
-        mean=float(arr.mean()) if len(arr) else None,
-        std_over_mean=float(arr.std() / arr.mean()) if len(arr) and arr.mean() > 0 else None,
-        max_over_min=float(arr.max() / arr.min()) if len(arr) and arr.min() > 0 else None,
-        window_cv_mean=float(np.mean(cvs)) if cvs else None,
-        window_cv_max=float(np.max(cvs)) if cvs else None,
-        window_max_over_min_mean=float(np.mean(ratios)) if ratios else None,
-        mean_abs_log_change=float(np.mean(np.abs(np.diff(logs)))) if len(logs) > 1 else None,
-        grad_change_rel_median=float(np.median(ch)) if ch else None,
-        windows=windows,
-    )
 
 
 def save_figure(fig, exp: Experiment, title: Optional[str] = None) -> str:

@@ -8,20 +8,20 @@ evaluation results returned to the caller.
 """
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
-    AMPTrainer,
-    SimpleTrainer,
     create_ddp_model,
     default_setup,
     default_writers,
     hooks,
 )
 from detectron2.data import MetadataCatalog
+from detectron2.data.samplers import TrainingSampler
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -32,6 +32,7 @@ from ..evaluation import AdaptiveThresholdEvalHook, build_threshold_comparison, 
 from ..sampling_free import PriorInitHook
 from .checkpoint import AtomicCheckpointer, check_output_dir, load_fitting_checkpoint
 from .overrides import ConfigOverrideError, apply_overrides
+from .trainers import GuardedAMPTrainer, GuardedSimpleTrainer
 
 __all__ = ["load_config", "apply_overrides", "build_model", "do_test", "do_train",
            "ConfigOverrideError", "RESULTS_FILE", "setup_run", "eval_checkpoint"]
@@ -161,47 +162,6 @@ def do_test(cfg, model, checkpoint: Optional[str] = None,
     return results
 
 
-class _GuardedTrainerMixin:
-    """
-    What a diverged run needs from Detectron2's trainers:
-
-    - a non-finite loss stops training with ``FloatingPointError`` naming the iteration
-      and the value of every loss term, checked on every iteration and every process
-      before the optimizer step (Detectron2 checks the averaged losses on the main process
-      only, every ``gather_metric_period`` iterations);
-    - after a failed iteration no hook evaluates the model: Detectron2's ``EvalHook``
-      evaluates in ``after_train`` also when the *last* iteration failed.
-    """
-
-    def _write_metrics(self, loss_dict, data_time: float, prefix: str = "", iter=None):
-        it = self.iter if iter is None else iter
-        values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()]) \
-            if loss_dict else None
-        if values is not None and not bool(torch.isfinite(values).all()):
-            terms = ", ".join(f"{k}={float(v):.6g}" for k, v in zip(loss_dict, values.cpu()))
-            raise FloatingPointError(
-                f"loss became non-finite at iteration {it}: {terms} (total "
-                f"{float(values.sum()):.6g}); training stopped before this iteration's "
-                "optimizer step, no checkpoint is written after it")
-        super()._write_metrics(loss_dict, data_time, prefix, iter)
-
-    def after_train(self):
-        if self.iter >= self.max_iter:  # TrainerBase.train: the loop ran to its end
-            return super().after_train()
-        self.storage.iter = self.iter
-        for h in self._hooks:
-            if not isinstance(h, hooks.EvalHook):
-                h.after_train()
-
-
-class GuardedSimpleTrainer(_GuardedTrainerMixin, SimpleTrainer):
-    """:class:`SimpleTrainer` with the non-finite loss check (see _GuardedTrainerMixin)."""
-
-
-class GuardedAMPTrainer(_GuardedTrainerMixin, AMPTrainer):
-    """:class:`AMPTrainer` with the non-finite loss check (see _GuardedTrainerMixin)."""
-
-
 def _log_resume(checkpointer, trainer, optim, model) -> None:
     """What ``--resume`` restored, for the log (and for the person reading it)."""
     sched = trainer.state_dict().get("hooks", {}).get("LRScheduler", {})
@@ -214,29 +174,9 @@ def _log_resume(checkpointer, trainer, optim, model) -> None:
         sched or "rebuilt from the iteration", prior or "none")
 
 
-def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
-    """
-    Train ``model`` as ``cfg.train`` says; returns the last evaluation's results
-    (``None`` when no evaluation ran).
-
-    Checkpoints are written atomically (:class:`AtomicCheckpointer`), never of a model with
-    non-finite weights; with ``resume`` training continues from the newest complete
-    checkpoint in ``train.output_dir`` (iteration, optimizer, LR scheduler, model buffers
-    such as a Sampling-Free prior). A non-finite loss raises ``FloatingPointError``.
-    """
-    model.train()
-    cfg.optimizer.params.model = model
-    optim = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
-
-    ddp_kwargs = dict(cfg.train.ddp)
-    if _device(cfg) == "cpu":
-        ddp_kwargs["device_ids"] = None  # CPU processes (GLOO): no device ids
-    model = create_ddp_model(model, **ddp_kwargs)
-    trainer_cls = GuardedAMPTrainer if cfg.train.amp.enabled else GuardedSimpleTrainer
-    trainer = trainer_cls(model, train_loader, optim)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
-    last_results = {}
+def _output_hooks(cfg, model, trainer, checkpointer, last_results: Dict) -> List:
+    """The periodic checkpointer, the evaluation hook (which keeps its results in
+    ``last_results``) and the writers of a ``train_net.py`` run."""
 
     def test_and_remember():
         last_results.clear()
@@ -251,13 +191,7 @@ def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
         eval_hook = AdaptiveThresholdEvalHook(
             cfg.train.eval_period, test_and_remember, model, rule=at.get("rule", None),
             class_names=_class_names(cfg))
-
-    trainer.register_hooks([
-        # Sampling-Free heads: keeps the priors of a resumed checkpoint, counts this run's
-        # data otherwise (reading from the checkpointer which biases init_checkpoint set)
-        PriorInitHook(cfg, model, checkpointer),
-        hooks.IterationTimer(),
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+    return [
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
         if comm.is_main_process() else None,
         eval_hook,
@@ -265,7 +199,59 @@ def do_train(cfg, model, resume: bool = False) -> Optional[Dict]:
             default_writers(cfg.train.output_dir, cfg.train.max_iter),
             period=cfg.train.log_period,
         ) if comm.is_main_process() else None,
-    ])
+    ]
+
+
+def do_train(cfg, model, resume: bool = False, *, extra_hooks: Sequence = (),
+             end_hooks: Sequence = (), stop_when: Optional[Callable] = None,
+             sampler_seed: Optional[int] = None, outputs: bool = True) -> Optional[Dict]:
+    """
+    Train ``model`` (in place) as ``cfg.train`` says; returns the last evaluation's results
+    (``None`` when no evaluation ran).
+
+    Checkpoints are written atomically (:class:`AtomicCheckpointer`), never of a model with
+    non-finite weights; with ``resume`` training continues from the newest complete
+    checkpoint in ``train.output_dir`` (iteration, optimizer, LR scheduler, model buffers
+    such as a Sampling-Free prior). A non-finite loss raises ``FloatingPointError``.
+
+    The hooks, in order: ``PriorInitHook``, ``extra_hooks`` (e.g. one that resets the bias
+    the prior set, or reseeds the generators before the first iteration),
+    ``IterationTimer``, ``LRScheduler`` (``cfg.lr_multiplier``), with ``outputs`` the
+    periodic checkpointer, the evaluation hook and the writers, then ``end_hooks`` (e.g.
+    one that reads what each iteration logged). ``outputs=False`` trains without those
+    three: nothing is evaluated or written to ``train.output_dir``, the caller evaluates
+    and saves ``model`` as it wants.
+
+    ``stop_when(trainer) -> bool`` is asked after every iteration; True ends training
+    there (:class:`~scratchdet.engine.trainers.GuardedSimpleTrainer`). ``sampler_seed``
+    makes the train loader's ``TrainingSampler`` shuffle with that seed (it sets
+    ``cfg.dataloader.train.sampler``), so the order of the images depends on it alone.
+    """
+    model.train()
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    if sampler_seed is not None:
+        size = len(instantiate(cfg.dataloader.train.dataset))
+        cfg.dataloader.train.sampler = L(TrainingSampler)(size=size, shuffle=True,
+                                                          seed=int(sampler_seed))
+    train_loader = instantiate(cfg.dataloader.train)
+
+    ddp_kwargs = dict(cfg.train.ddp)
+    if _device(cfg) == "cpu":
+        ddp_kwargs["device_ids"] = None  # CPU processes (GLOO): no device ids
+    model = create_ddp_model(model, **ddp_kwargs)
+    trainer_cls = GuardedAMPTrainer if cfg.train.amp.enabled else GuardedSimpleTrainer
+    trainer = trainer_cls(model, train_loader, optim)
+    trainer.stop_when = stop_when
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    last_results = {}
+    trainer.register_hooks(
+        # Sampling-Free heads: keeps the priors of a resumed checkpoint, counts this run's
+        # data otherwise (reading from the checkpointer which biases init_checkpoint set)
+        [PriorInitHook(cfg, model, checkpointer), *extra_hooks,
+         hooks.IterationTimer(), hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier))]
+        + (_output_hooks(cfg, model, trainer, checkpointer, last_results) if outputs else [])
+        + list(end_hooks))
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     if checkpointer.resumed_from:
         start_iter = trainer.iter + 1
