@@ -35,12 +35,10 @@ the same random stream; nothing is downloaded) and trained on one fixed batch: t
 its augmentations replaced by one deterministic resize (short side ``--short-side``, long
 side at most ``--max-size``; no flip). Sampling-Free heads get their prior counted on that
 batch (``initialize_priors(..., dataset_dicts=batch)``; the value does not change the cost).
-The R-50 models keep Detectron2's FrozenBN; as there are no ImageNet weights, every
-FrozenBN layer's statistics are first set to those of its input on the batch
-(``common.calibrate_frozen_bn``): with identity FrozenBNs the random network's activations
-blow up and the RPN keeps only a few proposals per image, so the Sampling-Free ROI heads
-would have nothing to do (with the statistics set, they train on ~1000 proposals per
-image against Detectron2's 512 sampled, as in real training; the JSON keeps the logged
+The R-50 models keep Detectron2's FrozenBN; with no ImageNet weights, each FrozenBN's
+statistics are first set to those of its input on the batch (``common.calibrate_frozen_bn``),
+else the random network's activations blow up and the RPN keeps only a few proposals, and
+the Sampling-Free ROI heads would have nothing to do (the JSON keeps the logged proposal
 counts under ``variants.<pair>.<a|b>.last_step_scalars``).
 One iteration is what Detectron2's SimpleTrainer.run_step does: forward with losses,
 sum, zero_grad, backward, SGD step (the config's optimizer), then the loss read back as a
@@ -55,20 +53,13 @@ variant runs ``--warmup`` untimed steps right before its ``--steps`` timed steps
 per-repeat value is the mean of the timed steps; the ratio A/B is taken per repeat and
 summarised by its median, min and max.
 
-Peak memory. CUDA: in the timing process, per variant and repeat,
-``max_memory_allocated() - memory_allocated()`` over the timed steps after
-``reset_peak_memory_stats()``: activations, gradients and temporaries of a steady-state
-step (weights and SGD momentum exist already). CPU: each variant runs in its own
-subprocess (``--memory-repeats`` times, alternating the order): it builds the model and
-the batch, then records VmRSS, resets the kernel's RSS high-water mark
-(/proc/self/clear_refs) and runs ``--memory-steps`` steps; the value is the peak RSS
-during those steps minus the RSS before the first step. The peak is VmHWM, the mm
-high-water mark that getrusage's ru_maxrss also reads; ru_maxrss alone can be stuck
-higher (an exited thread, or the exec of a worker spawned by a process holding several
-models, leaves its peak there), so VmHWM after the reset is used; both are kept in the
-JSON. The value includes what the first step allocates for good (gradients, SGD
-momentum) and memory the allocator keeps after freeing; with 1-2 steps it is dominated
-by the activations of forward + backward.
+Peak memory. CUDA: ``max_memory_allocated() - memory_allocated()`` over the timed steps
+after ``reset_peak_memory_stats()`` (activations, gradients and temporaries of a step).
+CPU: each variant runs in its own subprocess (``--memory-repeats`` times, alternating the
+order), which resets the kernel's RSS high-water mark (/proc/self/clear_refs) after
+building, runs ``--memory-steps`` steps and reports the peak (VmHWM; ru_maxrss, which an
+exited thread can leave higher, is kept in the JSON too) minus the RSS before the first
+step: activations of forward + backward, plus gradients and SGD momentum.
 
 Threads: on CPU the default is ``--threads 1`` (see ``--help``): on a shared 2-core
 machine, two-thread ops wait for descheduled threads and the ratios lose their meaning;
@@ -90,27 +81,27 @@ MB = 1024.0 ** 2
 
 
 # -- the variants -------------------------------------------------------------------------
-def _sf_retinanet_coco_mini(args):
-    return common.load_config("coco_mini/sampling_free_root_resnet18_fpn_coco_mini.py")
+def _ours(path: str, coco_mini_data: bool = True) -> Callable:
+    """Builds ``configs/<path>`` (with the coco_mini dataset overrides for a COCO config)."""
+    return lambda args: common.load_config(
+        path, common.coco_mini_overrides() if coco_mini_data else ())
 
 
-def _focal_retinanet_coco_mini(args):
-    return common.load_config("coco_mini/scratchdet_root_resnet18_fpn_coco_mini.py")
+def _zoo(path: str) -> Callable:
+    """Builds Detectron2's model zoo config ``path`` on the coco_mini data."""
+    return lambda args: common.load_zoo_config(path, common.coco_mini_overrides())
 
 
-def _sf_retinanet_r50(args):
-    return common.load_config("COCO/sampling_free_retinanet_R_50_FPN_1x.py",
-                              common.coco_mini_overrides())
-
-
-def _d2_retinanet_r50(args):
-    return common.load_zoo_config("COCO-Detection/retinanet_R_50_FPN_1x.py",
-                                  common.coco_mini_overrides())
-
-
-def _sf_faster_rcnn_r50(args):
-    return common.load_config("COCO/sampling_free_faster_rcnn_R_50_FPN_1x.py",
-                              common.coco_mini_overrides())
+_sf_retinanet_coco_mini = _ours("coco_mini/sampling_free_root_resnet18_fpn_coco_mini.py", False)
+_focal_retinanet_coco_mini = _ours("coco_mini/scratchdet_root_resnet18_fpn_coco_mini.py", False)
+_sf_retinanet_r50 = _ours("COCO/sampling_free_retinanet_R_50_FPN_1x.py")
+_d2_retinanet_r50 = _zoo("COCO-Detection/retinanet_R_50_FPN_1x.py")
+_sf_faster_rcnn_r50 = _ours("COCO/sampling_free_faster_rcnn_R_50_FPN_1x.py")
+_sf_cascade_rcnn_r50 = _ours("COCO/sampling_free_cascade_rcnn_R_50_FPN_1x.py")
+_sf_fcos_r50 = _ours("COCO/sampling_free_fcos_R_50_FPN_1x.py")
+_d2_fcos_r50 = _zoo("COCO-Detection/fcos_R_50_FPN_1x.py")
+_sf_mask_rcnn_r50 = _ours("COCO/sampling_free_mask_rcnn_R_50_FPN_1x.py")
+_d2_mask_rcnn_r50 = _zoo("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py")
 
 
 def _d2_faster_rcnn_r50(args):
@@ -128,11 +119,6 @@ def _d2_faster_rcnn_r50(args):
     return cfg
 
 
-def _sf_cascade_rcnn_r50(args):
-    return common.load_config("COCO/sampling_free_cascade_rcnn_R_50_FPN_1x.py",
-                              common.coco_mini_overrides())
-
-
 def _d2_cascade_rcnn_r50(args):
     """The SF Cascade R-CNN config with Detectron2's own cascade model
     (common/models/cascade_rcnn.py without its mask head, as the SF config builds it)."""
@@ -146,26 +132,6 @@ def _d2_cascade_rcnn_r50(args):
     model.proposal_generator.post_nms_topk = cfg.model.proposal_generator.post_nms_topk
     cfg.model = model
     return cfg
-
-
-def _sf_fcos_r50(args):
-    return common.load_config("COCO/sampling_free_fcos_R_50_FPN_1x.py",
-                              common.coco_mini_overrides())
-
-
-def _d2_fcos_r50(args):
-    return common.load_zoo_config("COCO-Detection/fcos_R_50_FPN_1x.py",
-                                  common.coco_mini_overrides())
-
-
-def _sf_mask_rcnn_r50(args):
-    return common.load_config("COCO/sampling_free_mask_rcnn_R_50_FPN_1x.py",
-                              common.coco_mini_overrides())
-
-
-def _d2_mask_rcnn_r50(args):
-    return common.load_zoo_config("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
-                                  common.coco_mini_overrides())
 
 
 def _root_resnet34(args):
